@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv with everything vitq needs, offline-capable on this machine kind:
+# torch 2.14.1 / torchvision 0.29.1 come from the local wheel cache pip is pointed at; the rest from PyPI.
+# Idempotent: a second run only checks that the environment imports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VITQ_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import torch, torchvision, timm, vitq, onnxruntime, transformers" 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[timm,hf,onnx,report,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+"$VENV/bin/python" -c "import torch, timm, vitq; print(f'vitq {vitq.__version__}, torch {torch.__version__}, timm {timm.__version__}')"

@@ -1,0 +1,73 @@
+"""Capturing what flows into a module: unit inputs (stop the forward there) and op inputs/outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from vitq.errors import NonFiniteError
+
+Args = tuple[tuple, dict]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _detach(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detach(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    return obj
+
+
+def capture_unit_inputs(model: nn.Module, unit: nn.Module, batches: Sequence[torch.Tensor],
+                        forward: Callable[[nn.Module, torch.Tensor], object]) -> list[Args]:
+    """Run the model on each batch until ``unit`` is reached; return the unit's ``(args, kwargs)`` per batch."""
+    captured: list[Args] = []
+
+    def hook(_mod, args, kwargs):
+        captured.append((_detach(args), _detach(kwargs)))
+        raise _StopForward
+
+    h = unit.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for b in batches:
+            try:
+                forward(model, b)
+            except _StopForward:
+                continue
+            raise RuntimeError(f"the forward pass never reached calibration unit {type(unit).__name__}")
+    finally:
+        h.remove()
+    return captured
+
+
+def run_unit(unit: nn.Module, inputs: Sequence[Args]) -> list:
+    return [unit(*args, **kwargs) for args, kwargs in inputs]
+
+
+@contextmanager
+def record_op_io(op: nn.Module, store: list):
+    """Record ``(inputs, output)`` of every call of ``op`` inside the block."""
+
+    def hook(_mod, args, output):
+        store.append((tuple(a.detach() for a in args), output.detach()))
+
+    h = op.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        h.remove()
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).sum().item()
+        raise NonFiniteError(f"{bad} non-finite values (NaN/inf) in {what}; check the input images and the float model")

@@ -1,0 +1,209 @@
+"""Calibration engine: the method's interval search, unit by unit, op by op.
+
+Units (patch embedding, each transformer block, optionally the head) are calibrated in forward order.
+Each unit is fed the outputs of the already-quantized units before it, so errors are seen where they
+accumulate, and only one unit's inputs are held in memory. Inside a unit the ops are calibrated in
+the order the forward calls them: op k is calibrated on inputs produced with ops 1..k-1 quantized,
+against its own float output on those same inputs (O_l = X_l W_l of Liu et al.).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from vitq.calibration.capture import capture_unit_inputs, check_finite, record_op_io, run_unit
+from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
+from vitq.config import QuantConfig
+from vitq.errors import CalibrationDataError, VitqError
+from vitq.methods.recipes import resolve_method
+from vitq.nn.qops import QuantOp, quant_ops
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationReport:
+    method: str
+    num_images: int
+    seconds: float = 0.0
+    ops: list[OpCalibrationResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "num_images": self.num_images,
+            "seconds": self.seconds,
+            "ops": [vars(o) for o in self.ops],
+        }
+
+
+def as_batches(data: torch.Tensor | Iterable, batch_size: int) -> list[torch.Tensor]:
+    """Normalise calibration data to a list of image batches ``(B, C, H, W)``.
+
+    Accepts one tensor ``(N, C, H, W)``, or an iterable of tensors or of ``(images, labels)`` tuples.
+    """
+    if isinstance(data, torch.Tensor):
+        tensors = [data]
+    else:
+        tensors = [d[0] if isinstance(d, (tuple, list)) else d for d in data]
+    batches = []
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise CalibrationDataError(
+                f"calibration data must be image tensors (N, C, H, W); got {type(t).__name__} "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else ''}"
+            )
+        batches.extend(t.split(batch_size))
+    if not batches or sum(b.shape[0] for b in batches) == 0:
+        raise CalibrationDataError("calibration data is empty: give at least one image")
+    for i, b in enumerate(batches):
+        check_finite(b, f"calibration batch {i}")
+    return batches
+
+
+def _unit_ops(unit_name: str, ops: dict[str, QuantOp]) -> dict[str, QuantOp]:
+    prefix = unit_name + "."
+    return {n: op for n, op in ops.items() if n == unit_name or n.startswith(prefix)}
+
+
+def _is_chained(model: nn.Module, first: str, second: str) -> bool:
+    """True when ``second`` directly consumes ``first``'s output: consecutive members of one nn.Sequential."""
+    if "." not in first or "." not in second:
+        return False
+    p1, i1 = first.rsplit(".", 1)
+    p2, i2 = second.rsplit(".", 1)
+    if p1 != p2 or not (i1.isdigit() and i2.isdigit()) or int(i2) != int(i1) + 1:
+        return False
+    return isinstance(model.get_submodule(p1), nn.Sequential)
+
+
+def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> list[str]:
+    order: list[str] = []
+    handles = [
+        op.register_forward_hook(lambda _m, _a, _o, n=n: order.append(n) if n not in order else None)
+        for n, op in unit_ops.items()
+    ]
+    try:
+        args, kwargs = inputs[0]
+        unit(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in unit_ops if n not in order]
+    if missing:
+        raise VitqError(f"quantized ops {missing} are never called by the forward of their unit; cannot calibrate them")
+    return order
+
+
+def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str) -> OpData:
+    store: list = []
+    with record_op_io(op, store):
+        run_unit(unit, inputs)
+    if not store:
+        raise VitqError(f"op {name} produced no calibration data")
+    a = torch.cat([s[0][0] for s in store])
+    target = torch.cat([s[1] for s in store])
+    check_finite(a, f"the input of {name}")
+    if op.has_weight:
+        b, b_is_weight = op.weight.detach(), True
+    else:
+        b, b_is_weight = torch.cat([s[0][1] for s in store]), False
+        check_finite(b, f"the second input of {name}")
+    check_finite(target, f"the float output of {name}")
+    return OpData(a=a, b=b, target=target, b_is_weight=b_is_weight)
+
+
+def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen: torch.Generator) -> None:
+    qa, qb = op.quantizers()
+    if init == "percentile":
+        qa.scale.copy_(percentile_scale(data.a, percentile, qa.qmax, gen))
+        if data.b_is_weight:
+            qb.init_max(data.b)
+        else:
+            qb.scale.copy_(percentile_scale(data.b, percentile, qb.qmax, gen))
+    else:
+        qa.init_max(data.a)
+        qb.init_max(data.b)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConfig | None = None, *,
+              progress: bool = True) -> CalibrationReport:
+    """Calibrate a model prepared by :func:`vitq.quantize` on unlabelled images, in place.
+
+    Args:
+        model: the quantized model (``vitq.quantize(...)``).
+        data: calibration images ``(N, C, H, W)`` already preprocessed, or an iterable of batches.
+        config: overrides the config given to ``quantize`` (method and search options).
+        progress: show a progress bar over units.
+
+    Returns:
+        A :class:`CalibrationReport` with the objective before/after the search of every op.
+    """
+    from vitq.api import get_quant_info
+    from vitq.models.base import adapter_by_name
+
+    info = get_quant_info(model)
+    config = config or info.config
+    method = resolve_method(config)
+    adapter = adapter_by_name(info.adapter)
+    batches = as_batches(data, config.batch_size)
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in batches]
+    gen = torch.Generator().manual_seed(config.seed)
+    ops = quant_ops(model)
+    for op in ops.values():
+        op.set_enabled(False)
+    units = adapter.calibration_units(model)
+    claimed = [n for u, _ in units for n in _unit_ops(u, ops)]
+    orphans = sorted(set(ops) - set(claimed))
+    if orphans:
+        raise VitqError(f"quantized ops outside every calibration unit of adapter {adapter.name}: {orphans}")
+
+    was_training = model.training
+    model.eval()
+    report = CalibrationReport(method=config.method, num_images=sum(b.shape[0] for b in batches))
+    t0 = time.perf_counter()
+    inputs = None
+    bar = tqdm(units, desc=f"calibrate {config.method}", unit="unit", disable=not progress)
+    for ui, (uname, unit) in enumerate(bar):
+        unit_ops = _unit_ops(uname, ops)
+        if inputs is None:
+            inputs = capture_unit_inputs(model, unit, batches, info.forward)
+        for name in _op_call_order(unit, inputs, unit_ops) if unit_ops else []:
+            op = unit_ops[name]
+            bar.set_postfix_str(name)
+            t_op = time.perf_counter()
+            op_data = _collect_op_data(unit, inputs, op, name)
+            _init_intervals(op, op_data, method.init, config.percentile, gen)
+            if method.objective is not None:
+                res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,
+                                max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
+                                ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
+                                generator=gen)
+            else:
+                res = OpCalibrationResult(name=name, role=op.role)
+            qa, qb = op.quantizers()
+            res.scales = (qa.scale.flatten().tolist(), qb.scale.flatten().tolist())
+            report.ops.append(res)
+            op.set_enabled(True)
+            log.debug("calibrated %s in %.2fs: loss %s -> %s", name, time.perf_counter() - t_op, res.loss_start, res.loss_end)
+            del op_data
+        nxt = units[ui + 1][0] if ui + 1 < len(units) else None
+        if nxt is not None and _is_chained(model, uname, nxt):
+            inputs = [((out,), {}) for out in run_unit(unit, inputs)]
+        else:
+            inputs = None
+    report.seconds = time.perf_counter() - t0
+    info.calibrated = True
+    model.train(was_training)
+    log.info("calibrated %d ops with %s on %d images in %.1fs", len(report.ops), config.method,
+             report.num_images, report.seconds)
+    return report

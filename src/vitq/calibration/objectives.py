@@ -1,0 +1,79 @@
+"""Calibration objectives, all as losses to minimise, computed per calibration sample then averaged.
+
+- Pearson correlation Gamma between float and quantized outputs (Liu et al. Eq. 12); loss = -mean Gamma.
+- cosine similarity (EasyQuant); loss = -mean cos.
+- mean squared error.
+- the ranking loss on attention scores (Eq. 10), combined with the similarity as in Eq. 11.
+
+A "sample" is one index of the leading dimension (one image; one window for Swin window attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+OBJECTIVES = ("pearson", "cosine", "mse")
+
+
+class TargetStats:
+    """Per-sample statistics of the float output, computed once per op and reused for every candidate."""
+
+    def __init__(self, target: torch.Tensor, objective: str):
+        self.objective = objective
+        t = target.reshape(target.shape[0], -1).float()
+        if objective == "pearson":
+            t = t - t.mean(dim=1, keepdim=True)
+        self.t = t
+        self.t_norm = t.norm(dim=1)
+
+
+def objective_sum(out: torch.Tensor, stats: TargetStats, rows: slice) -> float:
+    """Sum over the samples in ``rows`` of the per-sample loss of ``out`` (shape ``(n, ...)``)."""
+    o = out.reshape(out.shape[0], -1).float()
+    t = stats.t[rows]
+    if stats.objective == "mse":
+        return (o - t).pow(2).mean(dim=1).sum().item()
+    if stats.objective == "pearson":
+        o = o - o.mean(dim=1, keepdim=True)
+    num = (o * t).sum(dim=1)
+    den = o.norm(dim=1) * stats.t_norm[rows]
+    sim = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+    return -sim.sum().item()
+
+
+@dataclass
+class RankingPairs:
+    """Key-pair indices for the ranking loss of Eq. 10 and the float order of each pair.
+
+    Pairs are formed inside each attention row (one query of one head): Eq. 10 sums over all
+    pairs p < q of the row's w keys. To keep the cost linear in w, ``num_pairs`` pairs are drawn
+    once per op, uniformly among p != q with a seeded generator, and shared by every row; ``0``
+    takes all w(w-1)/2 pairs. ``sign`` is sign(A_p - A_q) of the float scores, ``scale`` the mean
+    |A_p - A_q| over rows, which makes the loss and the margin theta independent of the score scale.
+    """
+
+    p: torch.Tensor
+    q: torch.Tensor
+    sign: torch.Tensor
+    scale: float
+    margin: float
+
+    @classmethod
+    def build(cls, scores: torch.Tensor, num_pairs: int, margin: float, generator: torch.Generator) -> RankingPairs:
+        w = scores.shape[-1]
+        if num_pairs == 0 or num_pairs >= w * (w - 1) // 2:
+            p, q = torch.triu_indices(w, w, offset=1)
+        else:
+            p = torch.randint(0, w, (num_pairs,), generator=generator)
+            q = (p + torch.randint(1, w, (num_pairs,), generator=generator)) % w  # q != p
+        d = scores[..., p] - scores[..., q]
+        scale = d.abs().mean().item() or 1.0
+        return cls(p=p, q=q, sign=torch.sign(d), scale=scale, margin=margin)
+
+    def loss_sum(self, scores_hat: torch.Tensor, rows: slice) -> float:
+        """Sum over samples in ``rows`` of the per-sample mean hinge (theta - m)_+ (Eq. 10), normalised."""
+        m = (scores_hat[..., self.p] - scores_hat[..., self.q]) * self.sign[rows] / self.scale
+        hinge = torch.clamp(self.margin - m, min=0)
+        return hinge.reshape(hinge.shape[0], -1).mean(dim=1).sum().item()

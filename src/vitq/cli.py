@@ -1,0 +1,215 @@
+"""Command line: ``vitq quantize``, ``vitq eval`` (and more subcommands as they land).
+
+With no arguments, ``vitq quantize`` runs the embedded default: the Fashion-MNIST ViT shipped with
+vitq, calibrated on 32 of its shipped train images with the Liu et al. method at W8A8, evaluated on
+the 2,000 shipped test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vitq.errors import VitqError
+
+log = logging.getLogger("vitq")
+
+DEFAULT_MODEL = "vitq:fmnist-vit"
+DEFAULT_CALIB = "fmnist-subset:calib"
+DEFAULT_TEST = "fmnist-subset:test"
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--model", default=None if required else DEFAULT_MODEL,
+                   help="timm:NAME, hf:DIR or vitq:NAME (default: %(default)s)")
+    p.add_argument("--checkpoint", help="local weights for the architecture (safetensors or torch state dict)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture argument, repeatable, VALUE parsed as JSON (e.g. img_size=112 num_classes=10)")
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    from vitq.methods import method_names
+
+    p.add_argument("--bits", type=int, default=8, help="weight and activation bits, 2..16 (default 8)")
+    p.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
+    p.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
+    p.add_argument("--method", default="liu2021", choices=method_names())
+    p.add_argument("--num-calib", type=int, default=32, help="calibration images (default 32)")
+    p.add_argument("--num-candidates", type=int, default=100, help="C, interval candidates (default 100)")
+    p.add_argument("--max-iters", type=int, default=20, help="alternating search rounds at most (default 20)")
+    p.add_argument("--per-channel", action="store_true", help="per-output-channel weight intervals")
+    p.add_argument("--quantize-head", action="store_true", help="quantize the classifier head too")
+    p.add_argument("--config", help="a QuantConfig JSON file; command-line flags given explicitly override it")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vitq", description="Post-training quantization of vision transformers.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = ap.add_subparsers(dest="command")
+
+    q = sub.add_parser("quantize", help="quantize and calibrate a model, save it (and evaluate it)")
+    _add_model_args(q)
+    _add_quant_args(q)
+    q.add_argument("--calib", default=None, help=f"calibration images: DIR or a built-in set (default with the "
+                                                  f"default model: {DEFAULT_CALIB})")
+    q.add_argument("--eval-data", default=None, help=f"labelled test images to evaluate after quantizing "
+                                                      f"(default with the default model: {DEFAULT_TEST})")
+    q.add_argument("--num-test", type=int, default=None, help="evaluate on this many test images (default all)")
+    q.add_argument("--out", default=None, help="output directory (default runs/<model>-<method>-w<b>a<b>)")
+
+    e = sub.add_parser("eval", help="top-1 of a float or quantized model, and its agreement with the float model")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--quantized", help="a directory written by vitq quantize")
+    _add_model_args(e)
+    e.add_argument("--data", default=None, help=f"labelled images: ImageFolder DIR or a built-in set (default {DEFAULT_TEST})")
+    e.add_argument("--num-test", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _model_kwargs(items: list[str]) -> dict:
+    kwargs = {}
+    for item in items:
+        if "=" not in item:
+            raise VitqError(f"--model-arg {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            kwargs[k] = json.loads(v)
+        except json.JSONDecodeError:
+            kwargs[k] = v
+    return kwargs
+
+
+def _config_from_args(args: argparse.Namespace):
+    from vitq.config import QuantConfig
+
+    base = QuantConfig.from_json(args.config).to_dict() if args.config else {}
+    given = {
+        "w_bits": args.w_bits if args.w_bits is not None else args.bits,
+        "a_bits": args.a_bits if args.a_bits is not None else args.bits,
+        "method": args.method,
+        "num_candidates": args.num_candidates,
+        "max_iters": args.max_iters,
+        "seed": args.seed,
+    }
+    if args.per_channel:
+        given["per_channel_weights"] = True
+    if args.quantize_head:
+        given["quantize_head"] = True
+    if args.config:  # flags left at their defaults do not override the file
+        defaults = build_parser().parse_args(["quantize"])
+        given = {k: v for k, v in given.items() if k not in base or _flag_given(args, defaults, k)}
+    return QuantConfig.from_dict({**base, **given})
+
+
+def _flag_given(args, defaults, key: str) -> bool:
+    flag = {"w_bits": "w_bits", "a_bits": "a_bits"}.get(key, key)
+    if key in ("w_bits", "a_bits"):
+        return getattr(args, flag) is not None or args.bits != defaults.bits
+    return getattr(args, flag, None) != getattr(defaults, flag, None)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import vitq
+    from vitq.data.sources import load_images
+    from vitq.eval.metrics import agreement, predict, sqnr_db, top1
+    from vitq.export.serialization import save_quantized
+    from vitq.models.loading import create_model, model_data_config
+
+    config = _config_from_args(args)
+    is_default = args.model == DEFAULT_MODEL
+    calib_src = args.calib or (DEFAULT_CALIB if is_default else None)
+    if calib_src is None:
+        raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
+    eval_src = args.eval_data or (DEFAULT_TEST if is_default else None)
+    model = create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args.model_arg))
+    if args.checkpoint:
+        model.vitq_model_spec["checkpoint"] = str(Path(args.checkpoint).resolve())
+    dc = model_data_config(model)
+    calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
+    torch.manual_seed(args.seed)
+
+    qmodel = vitq.quantize(model, config)
+    report = vitq.calibrate(qmodel, calib.images)
+    vitq.freeze(qmodel)
+    tag = args.model.split(":", 1)[1].replace("/", "_")
+    out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
+    summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+               "num_calib": int(calib.images.shape[0]), "calib_seconds": round(report.seconds, 2)}
+    if eval_src:
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
+        ref = predict(model, test.images, progress=True, desc="float")
+        out_q = predict(qmodel, test.images, progress=True, desc="quantized")
+        summary.update(num_test=int(test.images.shape[0]), agreement=agreement(out_q, ref),
+                       logits_sqnr_db=sqnr_db(ref, out_q))
+        if test.labels is not None:
+            summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
+    save_quantized(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
+    print(json.dumps(summary, indent=2))
+    print(f"saved quantized model to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitq.data.sources import load_images
+    from vitq.eval.metrics import agreement, predict, top1
+    from vitq.export.serialization import load_quantized
+    from vitq.models.loading import create_model, model_data_config
+
+    if args.quantized:
+        qmodel = load_quantized(args.quantized)
+        spec = qmodel.vitq_info.model_spec or {}
+        model = create_model(spec["spec"], checkpoint=spec.get("checkpoint"), **spec.get("kwargs", {})) if spec else None
+        dc = qmodel.vitq_info.data_config
+        name = args.quantized
+    else:
+        qmodel = None
+        model = create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args.model_arg))
+        dc = model_data_config(model)
+        name = args.model
+    src = args.data or DEFAULT_TEST
+    data = load_images(src, dc, num=args.num_test, seed=args.seed)
+    res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
+    ref = predict(model, data.images, batch_size=args.batch_size, progress=True, desc="float") if model else None
+    if ref is not None and data.labels is not None:
+        res["top1_float"] = top1(ref, data.labels)
+    if qmodel is not None:
+        out = predict(qmodel, data.images, batch_size=args.batch_size, progress=True, desc="quantized")
+        if data.labels is not None:
+            res["top1"] = top1(out, data.labels)
+        if ref is not None:
+            res["agreement_with_float"] = agreement(out, ref)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.command is None:
+        args = ap.parse_args(["quantize", *(argv or [])])
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        rc = {"quantize": cmd_quantize, "eval": cmd_eval}[args.command](args)
+    except VitqError as e:
+        log.error("%s", e)
+        return 2
+    log.info("done in %.1fs", time.perf_counter() - t0)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""One way to name image data on the command line: a folder path, or a built-in labelled set.
+
+- ``DIR``: a flat folder of images (unlabelled) or an ImageFolder (labels from class sub-folders).
+- ``fmnist-subset:calib`` / ``fmnist-subset:test``: the small Fashion-MNIST subset shipped with vitq
+  (1,024 train images for calibration, the first 2,000 test images).
+- ``fmnist:train`` / ``fmnist:test``: the full Fashion-MNIST from the Debian package dataset-fashion-mnist.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from vitq.data.transforms import DataConfig, normalize_uint8
+from vitq.errors import CalibrationDataError
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, C, H, W), preprocessed for the model
+    labels: torch.Tensor | None
+    source: str
+
+
+def _subsample(n_total: int, num: int | None, seed: int) -> list[int] | None:
+    if num is None or num >= n_total:
+        return None
+    if num < 1:
+        raise CalibrationDataError(f"asked for {num} images: ask for at least one")
+    return sorted(random.Random(seed).sample(range(n_total), num))
+
+
+def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0) -> ImageSet:
+    """Load ``num`` images (seeded random sample; all when ``None``) from ``source``, preprocessed by ``cfg``."""
+    if source.startswith(("fmnist:", "fmnist-subset:")):
+        from vitq.data import fashion_mnist as fm
+
+        kind, split = source.split(":", 1)
+        valid = ("calib", "test") if kind == "fmnist-subset" else ("train", "test")
+        if split not in valid:
+            raise CalibrationDataError(f"{source!r}: split must be one of {valid}")
+        imgs, labels = fm.load_fmnist_subset(split) if kind == "fmnist-subset" else fm.load_fashion_mnist(split)
+        idx = _subsample(len(imgs), num, seed)
+        if idx is not None:
+            imgs, labels = imgs[idx], labels[idx]
+        return ImageSet(normalize_uint8(imgs, cfg), labels, source)
+    from vitq.data.folder import load_folder
+
+    images, labels, _ = load_folder(source, cfg, num=num, seed=seed)
+    return ImageSet(images, labels, source)

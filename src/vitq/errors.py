@@ -1,0 +1,35 @@
+"""Exceptions raised by vitq. Every user-facing error derives from :class:`VitqError`."""
+
+from __future__ import annotations
+
+
+class VitqError(Exception):
+    """Base class of every error vitq raises on bad input."""
+
+
+class ConfigError(VitqError, ValueError):
+    """A configuration value is out of range or inconsistent (the message names it and the valid values)."""
+
+
+class UnsupportedModelError(VitqError, TypeError):
+    """The model's family has no adapter; the message names its class and the supported families."""
+
+
+class CheckpointError(VitqError):
+    """A checkpoint is missing, unreadable, or does not match the model architecture."""
+
+
+class CalibrationDataError(VitqError):
+    """Calibration or evaluation data is missing, empty or unreadable."""
+
+
+class DataFormatError(VitqError):
+    """A data file (IDX, image, ONNX) is malformed: bad magic number, truncated, wrong shape."""
+
+
+class NonFiniteError(VitqError, FloatingPointError):
+    """NaN or inf found in activations or weights during calibration (the message names the op)."""
+
+
+class QuantizedModelFormatError(VitqError):
+    """A saved quantized model is missing files or has an incompatible format version."""

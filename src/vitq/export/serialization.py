@@ -1,0 +1,127 @@
+"""Save and load quantized models: ``model.safetensors`` (tensors, including every interval buffer)
+plus ``vitq.json`` (architecture spec, config, per-op bits and intervals). Loading rebuilds the
+architecture from the spec, re-applies :func:`vitq.quantize` and loads the tensors; nothing is
+unpickled. Directories are written atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
+
+import vitq
+from vitq.api import get_quant_info, quantize
+from vitq.config import QuantConfig
+from vitq.data.transforms import DataConfig
+from vitq.errors import QuantizedModelFormatError
+from vitq.nn.qops import quant_ops
+from vitq.utils.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vitq-quantized"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "vitq.json"
+
+
+def quant_params(model: nn.Module) -> dict:
+    """Per-op bits and intervals, for humans and for checking a load."""
+    ops = {}
+    for name, op in quant_ops(model).items():
+        qa, qb = op.quantizers()
+        ops[name] = {
+            "role": op.role,
+            "a_bits": qa.bits,
+            "b_bits": qb.bits,
+            "b_is_weight": op.has_weight,
+            "enabled": op.quant_enabled,
+            "a_scale": qa.scale.flatten().tolist(),
+            "b_scale": qb.scale.flatten().tolist(),
+        }
+    return ops
+
+
+def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write a quantized model to the directory ``path`` (replaced atomically if it exists)."""
+    info = get_quant_info(model)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vitq_version": vitq.__version__,
+        "adapter": info.adapter,
+        "model_spec": info.model_spec,
+        "config": info.config.to_dict(),
+        "data_config": info.data_config.to_dict(),
+        "calibrated": info.calibrated,
+        "frozen": info.frozen,
+        "ops": quant_params(model),
+        "extra": extra or {},
+    }
+    with atomic_dir(path) as tmp:
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    log.info("saved quantized model to %s", path)
+    return Path(path)
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise QuantizedModelFormatError(f"{path} is not a saved vitq model (needs {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise QuantizedModelFormatError(f"{meta_file} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise QuantizedModelFormatError(
+            f"{meta_file}: format {meta.get('format')!r} v{meta.get('format_version')} is not {FORMAT} v{FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_quantized(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load a model saved by :func:`save_quantized`.
+
+    Args:
+        path: the saved directory.
+        model: a float model of the same architecture to quantize and fill; by default it is rebuilt
+            from the saved spec (``timm:``, ``hf:`` or ``vitq:``) with random init, then overwritten.
+    """
+    from vitq.models.loading import create_model
+
+    path = Path(path)
+    meta = read_meta(path)
+    if model is None:
+        spec = meta.get("model_spec")
+        if not spec:
+            raise QuantizedModelFormatError(
+                f"{path} records no model spec (it was quantized from a custom module): pass model=<float model>"
+            )
+        model = create_model(spec["spec"], **spec.get("kwargs", {}))
+    qmodel = quantize(model, QuantConfig.from_dict(meta["config"]), inplace=True)
+    ops = quant_ops(qmodel)
+    if set(ops) != set(meta["ops"]):
+        raise QuantizedModelFormatError(
+            f"{path}: the rebuilt model's quantized ops differ from the saved ones "
+            f"(missing {sorted(set(meta['ops']) - set(ops))[:5]}, extra {sorted(set(ops) - set(meta['ops']))[:5]})"
+        )
+    for name, op in ops.items():
+        op.set_bits(meta["ops"][name]["a_bits"], meta["ops"][name]["b_bits"])
+    missing, unexpected = load_model(qmodel, str(path / WEIGHTS_FILE), strict=False)
+    if missing or unexpected:
+        raise QuantizedModelFormatError(
+            f"{path}/{WEIGHTS_FILE} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, op in ops.items():
+        op.set_enabled(meta["ops"][name]["enabled"])
+    info = get_quant_info(qmodel)
+    info.calibrated, info.frozen = meta["calibrated"], meta["frozen"]
+    info.data_config = DataConfig.from_dict(meta["data_config"])
+    info.model_spec = meta.get("model_spec")
+    qmodel.eval()
+    return qmodel

@@ -1,0 +1,137 @@
+"""Load float models from a spec string: ``timm:NAME``, ``hf:DIR`` or ``vitq:NAME`` (the offline zoo),
+optionally with local weights from ``--checkpoint`` (safetensors, or a torch state dict read with
+``weights_only=True``: never executes pickled code). Nothing is fetched from a hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vitq.data.transforms import DataConfig
+from vitq.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SPEC_HELP = "timm:NAME (a timm architecture), hf:DIR (a local Hugging Face model folder) or vitq:NAME (built-in)"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    if ":" not in spec:
+        raise ConfigError(f"model spec {spec!r} has no source prefix; use {SPEC_HELP}")
+    source, name = spec.split(":", 1)
+    if source not in ("timm", "hf", "vitq") or not name:
+        raise ConfigError(f"model spec {spec!r}: unknown source {source!r}; use {SPEC_HELP}")
+    return source, name
+
+
+def create_model(spec: str, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
+    """Build the float model named by ``spec`` (random init unless weights are local), in eval mode.
+
+    The spec and keyword arguments are recorded on the model (``model.vitq_model_spec``) so a saved
+    quantized model can rebuild its architecture without pickle. ``model.vitq_data_config`` holds the
+    input the model expects when the source knows it.
+    """
+    source, name = parse_spec(spec)
+    if source == "timm":
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except RuntimeError as e:
+            raise ConfigError(f"timm has no model {name!r}: {e}") from e
+    elif source == "hf":
+        model = _create_hf(name, checkpoint is None, **kwargs)
+    else:
+        from vitq.models.zoo import load_zoo_model
+
+        if kwargs:
+            raise ConfigError(f"vitq:{name} takes no model arguments (got {sorted(kwargs)})")
+        z = load_zoo_model(name)
+        model = z.model
+        model.vitq_data_config = z.data_config
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    model.eval()
+    model.vitq_model_spec = {"spec": spec, "kwargs": kwargs}
+    return model
+
+
+def _create_hf(name: str, load_weights: bool, **kwargs) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"hf:{name}: no local Hugging Face model folder with config.json there; vitq never downloads "
+            f"from the hub: save the model with save_pretrained() and pass that folder"
+        )
+    has_weights = any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")) or any(
+        path.glob("model-*.safetensors")
+    )
+    if load_weights and has_weights:
+        return AutoModelForImageClassification.from_pretrained(path, local_files_only=True, **kwargs)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, **kwargs)
+    return AutoModelForImageClassification.from_config(config)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file or a torch state dict (``weights_only=True``), unwrapping common nestings."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file: safetensors, zip and unpickling errors all land here
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a state dict: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load local weights into ``model``; any missing, unexpected or mis-shaped key is a CheckpointError."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(xs):
+            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {few(shapes)}")
+        raise CheckpointError(
+            f"checkpoint {path} does not match {type(model).__name__}: " + "; ".join(parts)
+        )
+    model.load_state_dict(sd, strict=True)
+    log.info("loaded %d tensors from %s", len(sd), path)
+
+
+def model_data_config(model: nn.Module) -> DataConfig:
+    """The input the model expects: what the loader recorded, else the family adapter's default."""
+    dc = getattr(model, "vitq_data_config", None)
+    if isinstance(dc, DataConfig):
+        return dc
+    from vitq.models.base import get_adapter
+
+    return get_adapter(model).data_config(model)

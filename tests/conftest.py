@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random-init models (CPU, seconds) and calibration images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+
+
+def make_tiny_vit(seed: int = 0, **overrides):
+    """A timm ViT small enough for unit tests: 32x32 input, 4x4=16 patches + class token, 2 blocks."""
+    from vitq.models.loading import create_model
+
+    torch.manual_seed(seed)
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, num_classes=10)
+    kwargs.update(overrides)
+    return create_model("timm:vit_tiny_patch16_224", **kwargs)
+
+
+@pytest.fixture
+def tiny_vit():
+    return make_tiny_vit()
+
+
+@pytest.fixture
+def calib_images():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 3, 32, 32, generator=g)
+
+
+@pytest.fixture
+def test_images():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(32, 3, 32, 32, generator=g)
