@@ -33,3 +33,12 @@ def calib_images():
 def test_images():
     g = torch.Generator().manual_seed(2)
     return torch.randn(32, 3, 32, 32, generator=g)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a loaded CI machine makes more threads much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

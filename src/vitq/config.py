@@ -40,6 +40,8 @@ class QuantConfig:
             absolute score difference of the sampled pairs.
         ranking_pairs: key pairs (p, q) sampled per attention row for Eq. 10 (0 = all pairs).
         percentile: the percentile of |x| used by the ``percentile`` method, in (0, 100].
+        search: ``"fast"`` (moments for weights, golden-section over the grid for inputs; see
+            :mod:`vitq.calibration.fast_search`) or ``"reference"`` (exhaustive, the straightforward search).
         batch_size: calibration forward batch size.
         seed: seeds the calibration image sample and the ranking pairs.
         plan: per-op bits, ``{name or "re:regex": {"w_bits": b, "a_bits": b}}``; the first match wins.
@@ -59,6 +61,7 @@ class QuantConfig:
     ranking_margin: float = 0.0
     ranking_pairs: int = 256
     percentile: float = 99.99
+    search: str = "fast"
     batch_size: int = 32
     seed: int = 0
     plan: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -85,6 +88,8 @@ class QuantConfig:
             raise ConfigError(f"percentile={self.percentile!r} must lie in (0, 100]")
         if self.ranking_gamma < 0 or self.ranking_pairs < 0:
             raise ConfigError("ranking_gamma and ranking_pairs must be >= 0")
+        if self.search not in ("fast", "reference"):
+            raise ConfigError(f"search={self.search!r}: choose 'fast' or 'reference'")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be a positive integer")
         if self.version != CONFIG_VERSION:

@@ -17,19 +17,22 @@ def _quantized_logits(model, calib, test, **cfg):
 
 
 def test_liu_w8a8_sqnr_on_tiny_vit(tiny_vit, calib_images, test_images):
-    """W8A8 with the full Liu method: logits SQNR >= 30 dB against float (measured ~34 dB)."""
+    """W8A8 with the full Liu method: logits SQNR >= 30 dB against float (measured 32.3 dB)."""
     with torch.no_grad():
         ref = tiny_vit(test_images)
     out = _quantized_logits(tiny_vit, calib_images, test_images, method="liu2021", **FAST)
     assert sqnr_db(ref, out) >= 30.0
 
 
+@pytest.mark.parametrize("search", ["reference", "fast"])
 @pytest.mark.parametrize("bits", [8, 6, 4], ids=lambda b: f"W{b}A{b}")
-def test_liu_never_worse_than_minmax(tiny_vit, calib_images, test_images, bits):
+def test_liu_never_worse_than_minmax(tiny_vit, calib_images, test_images, bits, search):
+    """Measured logits SQNR, Liu (reference / fast) vs MinMax: W8A8 32.3 / 32.3 vs 31.6 dB,
+    W6A6 21.8 / 21.8 vs 20.3 dB, W4A4 9.1 / 9.9 vs 5.9 dB."""
     with torch.no_grad():
         ref = tiny_vit(test_images)
     liu = sqnr_db(ref, _quantized_logits(tiny_vit, calib_images, test_images, method="liu2021", w_bits=bits,
-                                         a_bits=bits, **FAST))
+                                         a_bits=bits, search=search, **FAST))
     mm = sqnr_db(ref, _quantized_logits(tiny_vit, calib_images, test_images, method="minmax", w_bits=bits,
                                         a_bits=bits))
     assert liu >= mm

@@ -175,9 +175,12 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     bar = tqdm(units, desc=f"calibrate {config.method}", unit="unit", disable=not progress)
     for ui, (uname, unit) in enumerate(bar):
         unit_ops = _unit_ops(uname, ops)
+        if not unit_ops:  # e.g. a float head: nothing to calibrate, no inputs to capture
+            inputs = None
+            continue
         if inputs is None:
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
-        for name in _op_call_order(unit, inputs, unit_ops) if unit_ops else []:
+        for name in _op_call_order(unit, inputs, unit_ops):
             op = unit_ops[name]
             bar.set_postfix_str(name)
             t_op = time.perf_counter()
@@ -187,7 +190,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
                 res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,
                                 max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
                                 ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
-                                generator=gen)
+                                generator=gen, fast=config.search == "fast")
             else:
                 res = OpCalibrationResult(name=name, role=op.role)
             qa, qb = op.quantizers()

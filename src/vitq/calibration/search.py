@@ -133,9 +133,17 @@ class OpSearch:
 
 def search_op(op: QuantOp, name: str, data: OpData, method: MethodSpec, *, num_candidates: int, max_iters: int,
               tol: float, ranking_gamma: float, ranking_pairs: int, ranking_margin: float,
-              generator: torch.Generator) -> OpCalibrationResult:
-    """Alternating W/X interval search (Liu et al. 3.2) with optional bias correction, in place on ``op``."""
-    s = OpSearch(op, data, method, ranking_gamma=ranking_gamma, ranking_pairs=ranking_pairs,
+              generator: torch.Generator, fast: bool = False) -> OpCalibrationResult:
+    """Alternating W/X interval search (Liu et al. 3.2) with optional bias correction, in place on ``op``.
+
+    ``fast=True`` evaluates the same objective over the same grid with
+    :class:`vitq.calibration.fast_search.FastOpSearch`; ``False`` is this reference implementation.
+    """
+    if fast:
+        from vitq.calibration.fast_search import FastOpSearch as searcher
+    else:
+        searcher = OpSearch
+    s = searcher(op, data, method, ranking_gamma=ranking_gamma, ranking_pairs=ranking_pairs,
                  ranking_margin=ranking_margin, generator=generator)
     base_a, base_b = s.qa.scale.clone(), s.qb.scale.clone()
     loss = s.current_loss()

@@ -80,8 +80,10 @@ def _load_adapters() -> None:
 
 
 def adapters() -> list[ModelAdapter]:
+    """Registered adapters in the order of ``_ADAPTER_MODULES`` (independent of import order)."""
     _load_adapters()
-    return list(_ADAPTERS)
+    rank = {m: i for i, m in enumerate(_ADAPTER_MODULES)}
+    return sorted(_ADAPTERS, key=lambda a: rank.get(type(a).__module__, len(rank)))
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
@@ -89,7 +91,7 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     for a in adapters():
         if a.matches(model):
             return a
-    families = "; ".join(f"{a.name} ({a.description})" for a in _ADAPTERS) or "(none: install the timm or hf extra)"
+    families = "; ".join(f"{a.name} ({a.description})" for a in adapters()) or "(none: install the timm or hf extra)"
     raise UnsupportedModelError(
         f"vitq has no adapter for {type(model).__module__}.{type(model).__name__}. Supported families: {families}"
     )

@@ -1,0 +1,89 @@
+"""The fast search must choose what the reference (exhaustive) search chooses, or an interval whose
+objective is within 1e-3 of it."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import vitq
+from vitq.calibration.search import OpData, search_op
+from vitq.methods.recipes import METHODS
+from vitq.nn.qops import OpQuantSpec, QuantLinear, QuantMatMul
+
+
+def _linear(seed, cin=24, cout=40, bits=4, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(cin, cout, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(cout, cin, generator=g) * 0.3)
+        if bias:
+            lin.bias.copy_(torch.randn(cout, generator=g))
+    x = torch.randn(6, 12, cin, generator=g)
+    x[..., seed % cin] *= 8  # an outlier channel
+    op = QuantLinear.from_module(lin, OpQuantSpec(w_bits=bits, a_bits=bits))
+    op.input_quantizer.init_max(x)
+    op.weight_quantizer.init_max(lin.weight)
+    with torch.no_grad():
+        target = lin(x)
+    return op, OpData(a=x, b=lin.weight.detach(), target=target, b_is_weight=True)
+
+
+KW = dict(num_candidates=40, max_iters=4, tol=1e-9, ranking_gamma=1.0, ranking_pairs=32, ranking_margin=0.0)
+
+
+@pytest.mark.parametrize("method", ["liu2021-sim", "liu2021", "easyquant", "mse"])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fast_equals_reference_on_linear_layers(method, seed, bias):
+    results = []
+    for fast in (False, True):
+        op, data = _linear(seed, bias=bias)
+        r = search_op(op, "fc", data, METHODS[method], generator=torch.Generator().manual_seed(0), fast=fast, **KW)
+        results.append((r, op.input_quantizer.scale.item(), op.weight_quantizer.scale.item()))
+    (ref, ref_a, ref_w), (fast, fa, fw) = results
+    assert abs(fast.loss_end - ref.loss_end) <= 1e-3
+    assert fast.loss_end <= fast.loss_start
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weight_moments_pick_the_exhaustive_optimum(seed):
+    """One weight search (input interval fixed): moments evaluate every candidate exactly, so the choice
+    equals the reference's unless two candidates tie within float rounding."""
+    for method in ("liu2021-sim", "mse", "easyquant"):
+        chosen = []
+        for fast in (False, True):
+            op, data = _linear(seed, bits=4)
+            from vitq.calibration.fast_search import FastOpSearch
+            from vitq.calibration.search import OpSearch
+
+            cls = FastOpSearch if fast else OpSearch
+            s = cls(op, data, METHODS[method], ranking_gamma=0.0, ranking_pairs=0, ranking_margin=0.0,
+                    generator=torch.Generator().manual_seed(0))
+            base = op.weight_quantizer.scale.clone()
+            s.search_operand(1, base, s.current_loss(), 60)
+            chosen.append(op.weight_quantizer.scale.item())
+        assert chosen[0] == pytest.approx(chosen[1], rel=1e-6), method
+
+
+def test_fast_search_on_attention_matmul_with_ranking():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(4, 2, 9, 8, generator=g), torch.randn(4, 2, 8, 9, generator=g)
+    losses = []
+    for fast in (False, True):
+        mm = QuantMatMul("attn_scores", OpQuantSpec(a_bits=4))
+        mm.a_quantizer.init_max(q)
+        mm.b_quantizer.init_max(k)
+        data = OpData(a=q, b=k, target=q @ k, b_is_weight=False)
+        r = search_op(mm, "attn", data, METHODS["liu2021"], generator=torch.Generator().manual_seed(0), fast=fast, **KW)
+        losses.append(r.loss_end)
+    assert abs(losses[0] - losses[1]) <= 1e-3
+
+
+def test_fast_and_reference_models_agree(tiny_vit, calib_images):
+    reports = []
+    for search in ("reference", "fast"):
+        q = vitq.quantize(tiny_vit, vitq.QuantConfig(method="liu2021", w_bits=6, a_bits=6, num_candidates=30,
+                                                      max_iters=3, search=search))
+        reports.append(vitq.calibrate(q, calib_images, progress=False))
+    for a, b in zip(*[r.ops for r in reports]):
+        assert abs(a.loss_end - b.loss_end) <= 1e-3, a.name
