@@ -11,14 +11,18 @@ from tqdm.auto import tqdm
 
 
 def logits_of(output) -> torch.Tensor:
-    """Classification logits from a model output: a tensor, a tuple (first item) or an HF ``ModelOutput``."""
+    """The main output tensor of a model call: a tensor as is, else ``.logits`` (classification models),
+    else ``.pooler_output`` (``ViTModel``/``DeiTModel`` with pooler, ``Dinov2Model``: the CLS token),
+    else ``.last_hidden_state``; a tuple gives its first tensor."""
     if isinstance(output, torch.Tensor):
         return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
+    for attr in ("logits", "pooler_output", "last_hidden_state"):
+        value = getattr(output, attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, (tuple, list)) and output:
         return logits_of(output[0])
-    raise TypeError(f"cannot find logits in a {type(output).__name__}")
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
 
 
 @torch.no_grad()
