@@ -73,7 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-test", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bench", help="the paper's Table 1 / Table 3 on the real models, into benchmarks/results")
+    b.add_argument("--model", action="append", choices=["fmnist-vit", "dinov2-s14-fmnist"],
+                   help="benchmark model, repeatable (default: both)")
+    b.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    b.add_argument("--num-calib", type=int, nargs="+", default=[32, 128])
+    b.add_argument("--methods", nargs="+", default=None, help="default: minmax percentile easyquant mse liu2021")
+    b.add_argument("--no-ablation", action="store_true")
+    b.add_argument("--num-test", type=int, default=None, help="test images (default: the whole test set)")
+    b.add_argument("--quick", action="store_true", help="500 test images, 32 calibration images: for iteration")
+    b.add_argument("--search", default="fast", choices=["fast", "reference"])
+    b.add_argument("--out", default="benchmarks/results")
+    b.add_argument("--seed", type=int, default=0)
     return ap
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vitq.bench.runner import TABLE1_METHODS, run_bench
+
+    for name in args.model or ["fmnist-vit", "dinov2-s14-fmnist"]:
+        run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
+                  ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
+                  num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
+                  seed=args.seed, search=args.search)
+        print(f"wrote {args.out}/{name}.json and {name}.md")
+    return 0
 
 
 def _model_kwargs(items: list[str]) -> dict:
@@ -203,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        rc = {"quantize": cmd_quantize, "eval": cmd_eval}[args.command](args)
+        rc = {"quantize": cmd_quantize, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
     except VitqError as e:
         log.error("%s", e)
         return 2

@@ -1,0 +1,119 @@
+"""``vitq bench``: the paper's Table 1 and Table 3 on models we can run, written as results rows.
+
+For each model: float; W8A8, W6A6, W4A4 with MinMax, Percentile, EasyQuant, MSE and the Liu method;
+and the ablation (similarity; + ranking; + bias correction; all). Calibration images come from the
+train split only (the shipped 1,024-image subset of Fashion-MNIST train), test images from the test
+split. Results merge into ``benchmarks/results/<model>.json`` after every run, so an interrupted
+benchmark keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import vitq
+from vitq.bench.results import merge_rows
+from vitq.bench.tables import table1, table3
+from vitq.data.sources import load_images
+from vitq.eval.metrics import agreement, predict, sqnr_db, top1
+from vitq.eval.size import model_size_mb
+from vitq.models.loading import create_model, model_data_config
+from vitq.utils.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    spec: str
+    calib: str
+    test: str
+    test_fallback: str | None = None
+    default_num_test: int | None = None
+
+
+BENCH_MODELS = {
+    "fmnist-vit": BenchModel("vitq:fmnist-vit", "fmnist-subset:calib", "fmnist:test", "fmnist-subset:test"),
+    # 2,000 test images: one float evaluation of the 22M-parameter backbone takes about a minute here.
+    "dinov2-s14-fmnist": BenchModel("vitq:dinov2-s14-fmnist", "fmnist-subset:calib", "fmnist-subset:test"),
+}
+TABLE1_METHODS = ("minmax", "percentile", "easyquant", "mse", "liu2021")
+ABLATION_METHODS = ("liu2021-sim", "liu2021-sim+rank", "liu2021-sim+bc")
+
+
+def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
+    try:
+        return load_images(bm.test, dc, num=num_test, seed=seed)
+    except vitq.errors.CalibrationDataError as e:
+        if bm.test_fallback is None:
+            raise
+        log.warning("%s; falling back to %s", e, bm.test_fallback)
+        return load_images(bm.test_fallback, dc, num=num_test, seed=seed)
+
+
+def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tuple[str, ...] = TABLE1_METHODS,
+              ablation: bool = True, num_calib: tuple[int, ...] = (32, 128), num_test: int | None = None,
+              out_dir: str | Path = "benchmarks/results", seed: int = 0, search: str = "fast",
+              command: str | None = None) -> list[dict]:
+    """Run the benchmark for one model; returns its rows (also merged into the results file)."""
+    if model_name not in BENCH_MODELS:
+        raise vitq.errors.ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
+    bm = BENCH_MODELS[model_name]
+    command = command or "vitq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out_dir = Path(out_dir)
+    results = out_dir / f"{model_name}.json"
+    model = create_model(bm.spec)
+    dc = model_data_config(model)
+    test = _test_set(bm, dc, num_test or bm.default_num_test, seed)
+    n_test = int(test.images.shape[0])
+    t0 = time.perf_counter()
+    ref = predict(model, test.images, progress=True, desc="float")
+    float_seconds = time.perf_counter() - t0
+    top1_float = top1(ref, test.labels)
+    base = {"model": model_name, "num_test": n_test, "top1_float": top1_float, "command": command,
+            "mixed_precision": False, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    rows = [{**base, "method": "float", "w_bits": 32, "a_bits": 32, "top1": top1_float,
+             "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6, "calib_seconds": 0.0,
+             "num_calib": 0, "eval_seconds": float_seconds}]
+    merge_rows(results, rows)
+    plan = [(n, b, m) for n in num_calib for b in bits for m in (*methods, *(ABLATION_METHODS if ablation else ()))]
+    for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run"):
+        calib = load_images(bm.calib, dc, num=n, seed=seed)
+        cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search)
+        q = vitq.quantize(model, cfg)
+        rep = vitq.calibrate(q, calib.images, progress=False)
+        vitq.freeze(q)
+        t0 = time.perf_counter()
+        out = predict(q, test.images)
+        row = {**base, "method": method, "w_bits": b, "a_bits": b, "top1": top1(out, test.labels),
+               "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
+               "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
+               "eval_seconds": round(time.perf_counter() - t0, 2), "search": search}
+        log.info("%s %s W%dA%d n=%d: top-1 %.4f (float %.4f), calib %.1fs", model_name, method, b, b, n,
+                 row["top1"], top1_float, rep.seconds)
+        rows.append(row)
+        merge_rows(results, [row])
+        del q
+    write_tables(results, model_name)
+    return rows
+
+
+def write_tables(results: Path, model_name: str) -> Path:
+    from vitq.bench.results import load_rows
+
+    rows = load_rows(results)
+    md = results.with_suffix(".md")
+    cmds = sorted({r["command"] for r in rows if r["model"] == model_name})
+    text = (f"# {model_name}: Liu et al. (2021) Table 1 and Table 3 layouts\n\nMade by:\n\n"
+            + "\n".join(f"    {c}" for c in cmds) + "\n\n## Table 1: methods x bit-widths\n" + table1(rows, model_name)
+            + "\n\n## Table 3: ablation\n" + table3(rows, model_name) + "\n")
+    atomic_write_text(md, text)
+    return md
