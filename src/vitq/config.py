@@ -59,7 +59,7 @@ class QuantConfig:
     tol: float = 1e-6
     ranking_gamma: float = 1.0
     ranking_margin: float = 0.0
-    ranking_pairs: int = 256
+    ranking_pairs: int = 64
     percentile: float = 99.99
     search: str = "fast"
     batch_size: int = 32

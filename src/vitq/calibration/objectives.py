@@ -30,16 +30,23 @@ class TargetStats:
 
 
 def objective_sum(out: torch.Tensor, stats: TargetStats, rows: slice) -> float:
-    """Sum over the samples in ``rows`` of the per-sample loss of ``out`` (shape ``(n, ...)``)."""
-    o = out.reshape(out.shape[0], -1).float()
-    t = stats.t[rows]
+    """Sum over the samples in ``rows`` of the per-sample loss of ``out`` (shape ``(n, ...)``).
+
+    Written as per-sample dot products (batched matmuls), without centred copies of ``out``: the
+    target is centred once in :class:`TargetStats`, so sum((o - mean o) * t) = sum(o * t).
+    """
+    n = out.shape[0]
+    o = out.reshape(n, 1, -1).float()
+    t = stats.t[rows].unsqueeze(2)
+    dot = torch.bmm(o, t).view(n).double()
+    sq = torch.bmm(o, o.transpose(1, 2)).view(n).double()
     if stats.objective == "mse":
-        return (o - t).pow(2).mean(dim=1).sum().item()
+        t_sq = stats.t_norm[rows].double().pow(2)
+        return ((sq - 2 * dot + t_sq) / o.shape[-1]).sum().item()
     if stats.objective == "pearson":
-        o = o - o.mean(dim=1, keepdim=True)
-    num = (o * t).sum(dim=1)
-    den = o.norm(dim=1) * stats.t_norm[rows]
-    sim = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+        sq = sq - o.sum(dim=2).view(n).double().pow(2) / o.shape[-1]
+    den = sq.clamp_min(0).sqrt() * stats.t_norm[rows].double()
+    sim = torch.where(den > 0, dot / den.clamp_min(1e-300), torch.zeros_like(dot))
     return -sim.sum().item()
 
 
@@ -59,6 +66,7 @@ class RankingPairs:
     sign: torch.Tensor
     scale: float
     margin: float
+    _diff: torch.Tensor | None = None
 
     @classmethod
     def build(cls, scores: torch.Tensor, num_pairs: int, margin: float, generator: torch.Generator) -> RankingPairs:
@@ -74,6 +82,14 @@ class RankingPairs:
 
     def loss_sum(self, scores_hat: torch.Tensor, rows: slice) -> float:
         """Sum over samples in ``rows`` of the per-sample mean hinge (theta - m)_+ (Eq. 10), normalised."""
-        m = (scores_hat[..., self.p] - scores_hat[..., self.q]) * self.sign[rows] / self.scale
-        hinge = torch.clamp(self.margin - m, min=0)
-        return hinge.reshape(hinge.shape[0], -1).mean(dim=1).sum().item()
+        # A_p - A_q for every row at once as one matmul with a (w, pairs) matrix of +1/-1 columns:
+        # a GEMM is ~10x faster here than two gathers along the last dimension.
+        if self._diff is None or self._diff.dtype != scores_hat.dtype:
+            w = scores_hat.shape[-1]
+            cols = torch.arange(self.p.numel())
+            self._diff = torch.zeros(w, self.p.numel(), dtype=scores_hat.dtype)
+            self._diff.index_put_((self.p, cols), torch.ones(cols.numel(), dtype=scores_hat.dtype), accumulate=True)
+            self._diff.index_put_((self.q, cols), -torch.ones(cols.numel(), dtype=scores_hat.dtype), accumulate=True)
+        m = torch.matmul(scores_hat, self._diff)
+        m.mul_(self.sign[rows]).div_(-self.scale).add_(self.margin).clamp_(min=0)  # (theta - m)_+
+        return m.reshape(m.shape[0], -1).mean(dim=1).sum().item()

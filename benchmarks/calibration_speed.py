@@ -1,0 +1,109 @@
+"""Calibration time and peak memory of the full Liu et al. method (similarity + ranking + bias
+correction, C=100 candidates, alternating search) on DeiT-shaped models, fast search vs the reference.
+
+Each case runs in its own subprocess so peak RSS is that case's alone. Rows go to
+benchmarks/results/calibration_speed.json (merged by case). Example (the committed results):
+
+    python benchmarks/calibration_speed.py --cases deit-s-32 --threads 2
+    python benchmarks/calibration_speed.py --cases deit-s-32 --reference --threads 2
+
+Weights are random (timm init, seeded) and images are seeded Gaussian noise: the timing and memory of
+the search do not depend on what the weights learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = {
+    # name: (timm architecture, depth, images)
+    "deit-s-32": ("deit_small_patch16_224", 12, 32),
+    "deit-s-64": ("deit_small_patch16_224", 12, 64),
+    "deit-s-128": ("deit_small_patch16_224", 12, 128),
+    "deit-s-d6-32": ("deit_small_patch16_224", 6, 32),
+    "deit-b-128": ("deit_base_patch16_224", 12, 128),
+}
+RESULTS = Path(__file__).parent / "results" / "calibration_speed.json"
+
+
+def run_case(name: str, search: str, threads: int, num_candidates: int) -> dict:
+    import torch
+
+    import vitq
+    from vitq.models.loading import create_model
+
+    torch.set_num_threads(threads)
+    arch, depth, n = CASES[name]
+    torch.manual_seed(0)
+    model = create_model(f"timm:{arch}", depth=depth)
+    images = torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    cfg = vitq.QuantConfig(method="liu2021", w_bits=8, a_bits=8, num_candidates=num_candidates, search=search)
+    q = vitq.quantize(model, cfg)
+    t0 = time.perf_counter()
+    rep = vitq.calibrate(q, images, progress=False)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    embed = model.embed_dim
+    return {"case": name, "search": search, "num_calib": n, "depth": depth, "dim": embed, "seconds": round(seconds, 1),
+            "peak_rss_gib": round(peak, 3), "threads": threads, "num_candidates": num_candidates,
+            "ops": [{"name": o.name, "loss_end": o.loss_end, "scales": o.scales} for o in rep.ops]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", nargs="+", default=["deit-s-32"], choices=sorted(CASES))
+    ap.add_argument("--reference", action="store_true", help="also run the reference search and compare")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--num-candidates", type=int, default=100)
+    ap.add_argument("--_child", nargs=2, metavar=("CASE", "SEARCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(run_case(args._child[0], args._child[1], args.threads, args.num_candidates)))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from vitq.bench.results import load_rows
+    from vitq.utils.atomic import atomic_write_text
+
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    rows = load_rows(RESULTS)
+    for case in args.cases:
+        res = {}
+        for search in ("fast", "reference") if args.reference else ("fast",):
+            out = subprocess.run([sys.executable, __file__, "--_child", case, search, "--threads", str(args.threads),
+                                  "--num-candidates", str(args.num_candidates)], capture_output=True, text=True,
+                                 check=True)
+            res[search] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{case} {search}: {res[search]['seconds']} s, peak RSS {res[search]['peak_rss_gib']} GiB", flush=True)
+        fast = res["fast"]
+        row = {k: fast[k] for k in ("case", "num_calib", "depth", "dim", "seconds", "peak_rss_gib", "threads",
+                                    "num_candidates")}
+        row["command"] = command
+        prev = next((r for r in rows if r["case"] == case), {})
+        if "reference" in res:
+            ref = res["reference"]
+            row["reference_seconds"] = ref["seconds"]
+            row["reference_peak_rss_gib"] = ref["peak_rss_gib"]
+            row["speedup"] = round(ref["seconds"] / fast["seconds"], 2)
+            diffs = [abs(a["loss_end"] - b["loss_end"]) for a, b in zip(fast["ops"], ref["ops"])
+                     if a["loss_end"] is not None and b["loss_end"] is not None]
+            row["max_objective_diff"] = max(diffs) if diffs else 0.0
+            row["ops_with_other_interval"] = sum(a["scales"] != b["scales"] for a, b in zip(fast["ops"], ref["ops"]))
+            row["num_ops"] = len(fast["ops"])
+        else:  # keep an earlier reference measurement of the same case, marked as such
+            for k in ("reference_seconds", "reference_peak_rss_gib"):
+                if k in prev:
+                    row[k] = prev[k]
+            row["reference_seconds"] = row.get("reference_seconds")
+        rows = [r for r in rows if r["case"] != case] + [row]
+        atomic_write_text(RESULTS, json.dumps({"rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
