@@ -14,29 +14,18 @@ from helpers_families import (
     images,
     logits,
     scale_up_,
-    torch_threads,
 )
 
 import vitq
-from vitq.models.base import adapters, get_adapter
+from vitq.models.base import get_adapter
 from vitq.nn.qops import QuantLinear
 
 transformers = pytest.importorskip("transformers")
 from transformers import SwinConfig, SwinForImageClassification, SwinModel  # noqa: E402
 from transformers.models.swin.modeling_swin import SwinAttention  # noqa: E402
 
-# Register every family adapter in vitq's canonical order before importing a family module directly
-# (importing it first would register that family ahead of the others, changing adapters() order).
-adapters()
-from vitq.models.hf_swin import QuantSwinAttention  # noqa: E402
 from vitq.eval.metrics import logits_of  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
-
+from vitq.models.hf_swin import QuantSwinAttention  # noqa: E402
 
 IMG = 16
 DEPTHS = [2, 2]

@@ -13,11 +13,10 @@ from helpers_families import (
     images,
     logits,
     scale_up_,
-    torch_threads,
 )
 
 import vitq
-from vitq.models.base import adapters, get_adapter
+from vitq.models.base import get_adapter
 from vitq.nn.qattention import QuantAttentionMixin
 from vitq.nn.qops import QuantLinear
 
@@ -35,17 +34,7 @@ from transformers import (  # noqa: E402
     ViTModel,
 )
 
-# Register every family adapter in vitq's canonical order before importing a family module directly
-# (importing it first would register that family ahead of the others, changing adapters() order).
-adapters()
 from vitq.eval.metrics import logits_of  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
-
 
 IMG, LAYERS = 32, 2
 COMMON = dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, image_size=IMG, patch_size=8,

@@ -13,28 +13,17 @@ from helpers_families import (
     images,
     logits,
     scale_up_,
-    torch_threads,
 )
 
 import vitq
 from vitq.errors import UnsupportedModelError
-from vitq.models.base import adapters, get_adapter
+from vitq.models.base import get_adapter
 from vitq.nn.qops import QuantLinear
 
 timm = pytest.importorskip("timm")
 from timm.models.swin_transformer import WindowAttention  # noqa: E402
 
-# Register every family adapter in vitq's canonical order before importing a family module directly
-# (importing it first would register that family ahead of the others, changing adapters() order).
-adapters()
 from vitq.models.timm_swin import QuantTimmWindowAttention  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
-
 
 IMG = 16
 DEPTHS = (2, 2)
