@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -15,19 +14,6 @@ from vitq.nn.qops import quant_ops
 MIN_SQNR_DB = 20.0
 #: quantized model with quantization disabled vs float model, max abs difference of the logits
 MAX_DISABLED_DIFF = 1e-5
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run with ``n`` intra-op threads, then restore. The family tests run tiny models made of many
-    small ops: on a shared, oversubscribed CPU every multi-threaded op waits for a scheduler slice
-    (~10 ms each), which made a 0.2 s calibration take over 10 s; one thread avoids that."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def images(n: int, size: int, seed: int, channels: int = 3) -> torch.Tensor:
