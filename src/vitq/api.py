@@ -128,6 +128,7 @@ def freeze(model: nn.Module) -> nn.Module:
             raise VitqError(f"op {name} is not calibrated; run vitq.calibrate(model, images) before freeze")
         if op.has_weight:
             op.weight.copy_(op.weight_quantizer(op.weight))
+            op.weight_frozen = True
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

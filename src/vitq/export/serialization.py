@@ -119,6 +119,7 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> nn.Modul
         )
     for name, op in ops.items():
         op.set_enabled(meta["ops"][name]["enabled"])
+        op.weight_frozen = bool(meta["frozen"]) and op.has_weight
     info = get_quant_info(qmodel)
     info.calibrated, info.frozen = meta["calibrated"], meta["frozen"]
     info.data_config = DataConfig.from_dict(meta["data_config"])

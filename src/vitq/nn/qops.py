@@ -51,6 +51,13 @@ class QuantOp(nn.Module):
     def quant_enabled(self) -> bool:
         return all(q.enabled for q in self.quantizers())
 
+    #: set by :func:`vitq.freeze`: the weight already holds ``codes * scale``, so the forward skips
+    #: re-quantizing it (identical output, without the per-call cost)
+    weight_frozen: bool = False
+
+    def weight_for_forward(self) -> torch.Tensor:
+        return self.weight if self.weight_frozen else self.quantizers()[1](self.weight)
+
     def set_bits(self, a_bits: int, b_bits: int) -> None:
         """Set the bit-widths of the first operand (input / A) and the second (weight / B)."""
         qa, qb = self.quantizers()
@@ -85,7 +92,7 @@ class QuantLinear(nn.Linear, QuantOp):
         return F.linear(a, b, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return F.linear(self.input_quantizer(x), self.weight_for_forward(), self.bias)
 
 
 @register_qmodule(nn.Conv2d)
@@ -113,7 +120,7 @@ class QuantConv2d(nn.Conv2d, QuantOp):
         return self._conv_forward(a, b, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(self.input_quantizer(x), self.weight_for_forward(), self.bias)
 
 
 class QuantMatMul(QuantOp):
