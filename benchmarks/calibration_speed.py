@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -50,9 +51,10 @@ def run_case(name: str, search: str, threads: int, num_candidates: int) -> dict:
     rep = vitq.calibrate(q, images, progress=False)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    load = os.getloadavg()[0]  # the machine is shared: a load above the thread count inflates seconds
     embed = model.embed_dim
     return {"case": name, "search": search, "num_calib": n, "depth": depth, "dim": embed, "seconds": round(seconds, 1),
-            "peak_rss_gib": round(peak, 3), "threads": threads, "num_candidates": num_candidates,
+            "peak_rss_gib": round(peak, 3), "threads": threads, "load_avg_1min": round(load, 2), "num_candidates": num_candidates,
             "ops": [{"name": o.name, "loss_end": o.loss_end, "scales": o.scales} for o in rep.ops]}
 
 
@@ -83,7 +85,8 @@ def main() -> None:
             print(f"{case} {search}: {res[search]['seconds']} s, peak RSS {res[search]['peak_rss_gib']} GiB", flush=True)
         fast = res["fast"]
         row = {k: fast[k] for k in ("case", "num_calib", "depth", "dim", "seconds", "peak_rss_gib", "threads",
-                                    "num_candidates")}
+                                    "num_candidates", "load_avg_1min")}
+        row["search"] = "fast"
         row["command"] = command
         prev = next((r for r in rows if r["case"] == case), {})
         if "reference" in res:

@@ -53,7 +53,6 @@ _ADAPTER_MODULES = (
     "vitq.models.timm_swin",
     "vitq.models.hf_vit",
     "vitq.models.hf_swin",
-    "vitq.models.detr",
 )
 _loaded = False
 
