@@ -84,7 +84,10 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
              "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6, "calib_seconds": 0.0,
              "num_calib": 0, "eval_seconds": float_seconds}]
     merge_rows(results, rows)
-    plan = [(n, b, m) for n in num_calib for b in bits for m in (*methods, *(ABLATION_METHODS if ablation else ()))]
+    # Table 1 rows first (every method at every bit-width), the ablation after: an interrupted run
+    # still has the main comparison.
+    plan = [(n, b, m) for n in num_calib for b in bits for m in methods]
+    plan += [(n, b, m) for n in num_calib for b in bits for m in (ABLATION_METHODS if ablation else ())]
     for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run"):
         calib = load_images(bm.calib, dc, num=n, seed=seed)
         cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search)
@@ -92,7 +95,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
         rep = vitq.calibrate(q, calib.images, progress=False)
         vitq.freeze(q)
         t0 = time.perf_counter()
-        out = predict(q, test.images)
+        out = predict(q, test.images, progress=True, desc=f"{method} W{b}A{b}")
         row = {**base, "method": method, "w_bits": b, "a_bits": b, "top1": top1(out, test.labels),
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
                "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
