@@ -34,18 +34,20 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that only flags given on the command line override --config; unset values
+    # fall back to the config file, then to QuantConfig's defaults (W8A8, liu2021, C=100, 20 rounds).
     from vitq.methods import method_names
 
-    p.add_argument("--bits", type=int, default=8, help="weight and activation bits, 2..16 (default 8)")
+    p.add_argument("--bits", type=int, help="weight and activation bits, 2..16 (default 8)")
     p.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
     p.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
-    p.add_argument("--method", default="liu2021", choices=method_names())
+    p.add_argument("--method", choices=method_names(), help="calibration method (default liu2021)")
     p.add_argument("--num-calib", type=int, default=32, help="calibration images (default 32)")
-    p.add_argument("--num-candidates", type=int, default=100, help="C, interval candidates (default 100)")
-    p.add_argument("--max-iters", type=int, default=20, help="alternating search rounds at most (default 20)")
-    p.add_argument("--per-channel", action="store_true", help="per-output-channel weight intervals")
-    p.add_argument("--quantize-head", action="store_true", help="quantize the classifier head too")
-    p.add_argument("--config", help="a QuantConfig JSON file; command-line flags given explicitly override it")
+    p.add_argument("--num-candidates", type=int, help="C, interval candidates (default 100)")
+    p.add_argument("--max-iters", type=int, help="alternating search rounds at most (default 20)")
+    p.add_argument("--per-channel", action="store_true", default=None, help="per-output-channel weight intervals")
+    p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
+    p.add_argument("--config", help="a QuantConfig JSON file; flags given explicitly override it")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -123,23 +125,11 @@ def _config_from_args(args: argparse.Namespace):
         "method": args.method,
         "num_candidates": args.num_candidates,
         "max_iters": args.max_iters,
+        "per_channel_weights": args.per_channel,
+        "quantize_head": args.quantize_head,
         "seed": args.seed,
     }
-    if args.per_channel:
-        given["per_channel_weights"] = True
-    if args.quantize_head:
-        given["quantize_head"] = True
-    if args.config:  # flags left at their defaults do not override the file
-        defaults = build_parser().parse_args(["quantize"])
-        given = {k: v for k, v in given.items() if k not in base or _flag_given(args, defaults, k)}
-    return QuantConfig.from_dict({**base, **given})
-
-
-def _flag_given(args, defaults, key: str) -> bool:
-    flag = {"w_bits": "w_bits", "a_bits": "a_bits"}.get(key, key)
-    if key in ("w_bits", "a_bits"):
-        return getattr(args, flag) is not None or args.bits != defaults.bits
-    return getattr(args, flag, None) != getattr(defaults, flag, None)
+    return QuantConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

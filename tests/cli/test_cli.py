@@ -60,3 +60,17 @@ def test_bad_input_exits_2_with_message_and_writes_nothing(setup, caplog, extra,
     assert main(args) == 2
     assert match in caplog.text
     assert not out.exists()
+
+
+def test_config_file_with_flag_overrides(setup, capsys):
+    from vitq.config import QuantConfig
+
+    QuantConfig(w_bits=4, a_bits=4, method="minmax", per_channel_weights=True).to_json(setup / "cfg.json")
+    out = setup / "out_cfg"
+    rc = main(["quantize", *MODEL_ARGS, "--calib", str(setup / "calib"), "--num-calib", "4", "--config",
+               str(setup / "cfg.json"), "--a-bits", "6", "--out", str(out)])
+    assert rc == 0
+    import json as _json
+
+    cfg = _json.loads((out / "vitq.json").read_text())["config"]
+    assert (cfg["w_bits"], cfg["a_bits"], cfg["method"], cfg["per_channel_weights"]) == (4, 6, "minmax", True)
