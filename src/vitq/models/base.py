@@ -8,8 +8,6 @@ what input the model expects. Adapters register with :func:`register_adapter`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
@@ -110,7 +108,7 @@ def clone_as(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     attribute of the original and only adds explicit matmul modules and its own ``forward``. The
     original module is left untouched (its registries are copied, not shared).
     """
-    if not isinstance(module, cls.__mro__[1]) and not issubclass(cls, type(module)):
+    if not issubclass(cls, type(module)):
         raise TypeError(f"{cls.__name__} is not a subclass of {type(module).__name__}")
     q = cls.__new__(cls)
     q.__dict__.update(module.__dict__)
@@ -120,5 +118,3 @@ def clone_as(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     q.__dict__["_non_persistent_buffers_set"] = set(module.__dict__.get("_non_persistent_buffers_set", ()))
     return q
 
-
-AdapterFactory = Callable[[], ModelAdapter]
