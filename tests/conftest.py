@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The search's fused kernels (torch.compile) cost seconds to compile per variant; unit tests use the
+# eager ops, and tests/quantizers/test_kernels.py checks that the fused ones compute the same.
+os.environ.setdefault("VITQ_COMPILE", "0")
 
 timm = pytest.importorskip("timm")
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 from vitq.config import QuantConfig
 from vitq.data.transforms import DataConfig
 from vitq.errors import VitqError
+from vitq.methods.extended import install_quantizers
 from vitq.models.base import get_adapter
 from vitq.nn.qops import OpQuantSpec, QuantOp, quant_ops
 from vitq.nn.registry import qmodule_for
@@ -91,6 +92,8 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bo
         w_bits, a_bits = config.bits_for(name)
         op.set_bits(a_bits, w_bits if op.has_weight else a_bits)
     data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
+    # the recipe's non-uniform quantizers and fully quantized LayerNorms (vitq.methods.extended)
+    install_quantizers(model, config, adapter, data_config)
     model.vitq_info = QuantInfo(config=config, adapter=adapter.name, data_config=data_config, model_spec=spec_source)
     log.info("quantize: %s adapter swapped %d modules; %d quantized ops", adapter.name, n, len(quant_ops(model)))
     return model

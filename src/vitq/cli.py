@@ -49,6 +49,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
     p.add_argument("--config", help="a QuantConfig JSON file; flags given explicitly override it")
     p.add_argument("--seed", type=int, default=0)
+    from vitq.methods.extended_cli import add_extended_args
+
+    add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"(default with the default model: {DEFAULT_TEST})")
     q.add_argument("--num-test", type=int, default=None, help="evaluate on this many test images (default all)")
     q.add_argument("--out", default=None, help="output directory (default runs/<model>-<method>-w<b>a<b>)")
+    from vitq.mp.cli import add_mp_quantize_args
+
+    add_mp_quantize_args(q)  # --mp, --budget-mb, --plan, --candidates, --granularity, --msa-feature
 
     e = sub.add_parser("eval", help="top-1 of a float or quantized model, and its agreement with the float model")
     src = e.add_mutually_exclusive_group()
@@ -75,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-test", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--seed", type=int, default=0)
+    from vitq.export.cli import add_export_flags, add_export_parser
+
+    add_export_flags(q, e, src)  # quantize --packed; eval --onnx, --ort-threads
+    add_export_parser(sub)  # vitq export
     b = sub.add_parser("bench", help="the paper's Table 1 / Table 3 on the real models, into benchmarks/results")
     b.add_argument("--model", action="append", choices=["fmnist-vit", "dinov2-s14-fmnist"],
                    help="benchmark model, repeatable (default: both)")
@@ -87,17 +97,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--search", default="fast", choices=["fast", "reference"])
     b.add_argument("--out", default="benchmarks/results")
     b.add_argument("--seed", type=int, default=0)
+    from vitq.methods.extended_cli import add_extended_args
+
+    add_extended_args(b)  # MPTQ-ViT flags for every bench run (--sqb, --optm, --fully-quantized, ...)
+    b.add_argument("--mp", nargs="+", default=None, choices=["nuclear", "nuclear-output", "hessian", "greedy"],
+                   help="mixed-precision rows instead (vitq.bench.mp_bench): one per allocation method and --bits")
+    b.add_argument("--budget-mb", type=float, nargs="+", default=[], help="with --mp: explicit budgets too (MB)")
+    from vitq.mp.cli import add_mp_search_parser
+
+    add_mp_search_parser(sub)  # vitq mp-search
     return ap
+
+
+def _extended_overrides(args: argparse.Namespace) -> dict:
+    from vitq.methods.extended_cli import extended_config_fields
+
+    return {k: v for k, v in extended_config_fields(args).items() if v is not None}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vitq.bench.runner import TABLE1_METHODS, run_bench
 
+    if args.mp:
+        from vitq.mp.cli import cmd_bench_mp
+
+        return cmd_bench_mp(args)
     for name in args.model or ["fmnist-vit", "dinov2-s14-fmnist"]:
         run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
                   ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
                   num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
-                  seed=args.seed, search=args.search)
+                  seed=args.seed, search=args.search, config_overrides=_extended_overrides(args))
         print(f"wrote {args.out}/{name}.json and {name}.md")
     return 0
 
@@ -117,6 +146,7 @@ def _model_kwargs(items: list[str]) -> dict:
 
 def _config_from_args(args: argparse.Namespace):
     from vitq.config import QuantConfig
+    from vitq.methods.extended_cli import extended_config_fields
 
     base = QuantConfig.from_json(args.config).to_dict() if args.config else {}
     given = {
@@ -128,6 +158,7 @@ def _config_from_args(args: argparse.Namespace):
         "per_channel_weights": args.per_channel,
         "quantize_head": args.quantize_head,
         "seed": args.seed,
+        **extended_config_fields(args),
     }
     return QuantConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
 
@@ -151,14 +182,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     dc = model_data_config(model)
     calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
+    from vitq.mp.cli import apply_mp_args
 
+    config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
     qmodel = vitq.quantize(model, config)
     report = vitq.calibrate(qmodel, calib.images)
     vitq.freeze(qmodel)
     tag = args.model.split(":", 1)[1].replace("/", "_")
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
     summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
-               "num_calib": int(calib.images.shape[0]), "calib_seconds": round(report.seconds, 2)}
+               "num_calib": int(calib.images.shape[0]), "calib_seconds": round(report.seconds, 2), **mp_info}
     if eval_src:
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
         ref = predict(model, test.images, progress=True, desc="float")
@@ -167,7 +200,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                        logits_sqnr_db=sqnr_db(ref, out_q))
         if test.labels is not None:
             summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
-    save_quantized(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
+    from vitq.export.packing import save_packed
+
+    save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
+    save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
     print(json.dumps(summary, indent=2))
     print(f"saved quantized model to {out}")
     return 0
@@ -176,11 +212,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitq.data.sources import load_images
     from vitq.eval.metrics import agreement, predict, top1
-    from vitq.export.serialization import load_quantized
+    from vitq.export.packing import load_saved
     from vitq.models.loading import create_model, model_data_config
 
+    if args.onnx:
+        from vitq.export.cli import cmd_eval_onnx
+
+        return cmd_eval_onnx(args)
     if args.quantized:
-        qmodel = load_quantized(args.quantized)
+        qmodel = load_saved(args.quantized)  # plain or packed
         spec = qmodel.vitq_info.model_spec or {}
         model = create_model(spec["spec"], checkpoint=spec.get("checkpoint"), **spec.get("kwargs", {})) if spec else None
         dc = qmodel.vitq_info.data_config
@@ -217,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        rc = {"quantize": cmd_quantize, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+        from vitq.export.cli import cmd_export
+        from vitq.mp.cli import cmd_mp_search
+
+        rc = {"quantize": cmd_quantize, "eval": cmd_eval, "bench": cmd_bench,
+              "mp-search": cmd_mp_search, "export": cmd_export}[args.command](args)
     except VitqError as e:
         log.error("%s", e)
         return 2

@@ -45,6 +45,15 @@ class QuantConfig:
         batch_size: calibration forward batch size.
         seed: seeds the calibration image sample and the ranking pairs.
         plan: per-op bits, ``{name or "re:regex": {"w_bits": b, "a_bits": b}}``; the first match wins.
+        sqb: SQ-b (MPTQ-ViT): fold a per-channel shift and SmoothQuant scale of every LayerNorm output
+            into the LayerNorm and the Linears it feeds (see :mod:`vitq.transforms.smoothing`).
+        sqb_shift: with ``sqb``, include the shift (bias term); ``False`` is plain SmoothQuant.
+        smoothquant_alpha: SQ-b / SmoothQuant migration strength in [0, 1]; ``None`` searches it.
+        sqb_proj: also smooth the attention output projection through the V rows of qkv.
+        optm: OPT-m two-region quantizer (power-of-two ratio searched) on post-GELU activations.
+        optm_softmax: OPT-m's two-region search on post-softmax attention maps too.
+        fully_quantized: also quantize LayerNorm inputs (power-of-two factors) and softmax outputs
+            (log2), as FQ-ViT; off by default. Recipes and flags: :mod:`vitq.methods.extended`.
     """
 
     w_bits: int = 8
@@ -64,6 +73,13 @@ class QuantConfig:
     search: str = "fast"
     batch_size: int = 32
     seed: int = 0
+    sqb: bool = False
+    sqb_shift: bool = True
+    smoothquant_alpha: float | None = None
+    sqb_proj: bool = False
+    optm: bool = False
+    optm_softmax: bool = False
+    fully_quantized: bool = False
     plan: dict[str, dict[str, int]] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -92,6 +108,15 @@ class QuantConfig:
             raise ConfigError(f"search={self.search!r}: choose 'fast' or 'reference'")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be a positive integer")
+        for name in ("sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        a = self.smoothquant_alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
+            raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] or null (search it)")
+        from vitq.methods.extended import resolve_choices
+
+        resolve_choices(self)  # flag / recipe conflicts
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported (this vitq reads {CONFIG_VERSION})")
         for key, bits in self.plan.items():

@@ -33,3 +33,7 @@ class NonFiniteError(VitqError, FloatingPointError):
 
 class QuantizedModelFormatError(VitqError):
     """A saved quantized model is missing files or has an incompatible format version."""
+
+
+class ExportError(VitqError):
+    """A quantized model cannot be expressed in the export format (the message names the layer and why)."""

@@ -87,3 +87,43 @@ def test_fast_and_reference_models_agree(tiny_vit, calib_images):
         reports.append(vitq.calibrate(q, calib_images, progress=False))
     for a, b in zip(*[r.ops for r in reports]):
         assert abs(a.loss_end - b.loss_end) <= 1e-3, a.name
+
+
+def test_integer_gemm_loss_equals_the_float_loss():
+    """The int8 GEMM path computes the same objective as the float GEMM of fake-quantized operands."""
+    from vitq.calibration.fast_search import FastOpSearch
+    from vitq.calibration.search import OpSearch
+
+    for bits in (8, 6, 4):
+        op, data = _linear(1, cin=64, cout=48, bits=bits)
+        kw = dict(ranking_gamma=0.0, ranking_pairs=0, ranking_margin=0.0, generator=torch.Generator().manual_seed(0))
+        fast, ref = FastOpSearch(op, data, METHODS["liu2021"], **kw), OpSearch(op, data, METHODS["liu2021"], **kw)
+        assert fast.use_int
+        for f in (0.6, 0.9, 1.1):
+            op.input_quantizer.scale.mul_(f)
+            assert fast.current_loss() == pytest.approx(ref.current_loss(), abs=1e-6)
+
+
+def test_patch_conv_is_searched_as_a_linear_over_patches():
+    """A patch-embedding conv in its Linear layout: the same objective value, and the integer path."""
+    from vitq.calibration.fast_search import FastOpSearch, patch_conv_as_linear
+    from vitq.calibration.search import OpSearch
+    from vitq.nn.qops import QuantConv2d
+
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 16, kernel_size=4, stride=4)
+    x = torch.randn(5, 3, 18, 17, generator=g)  # not a multiple of the patch: the conv drops the edge
+    with torch.no_grad():
+        target = conv(x)
+    op = QuantConv2d.from_module(conv, OpQuantSpec(w_bits=6, a_bits=6))
+    op.input_quantizer.init_max(x)
+    op.weight_quantizer.init_max(conv.weight)
+    data = OpData(a=x, b=conv.weight.detach(), target=target, b_is_weight=True)
+    view = patch_conv_as_linear(op, data)
+    torch.testing.assert_close(torch.nn.functional.linear(view.a, view.b, conv.bias), view.target, atol=1e-5, rtol=1e-5)
+    kw = dict(ranking_gamma=0.0, ranking_pairs=0, ranking_margin=0.0, generator=torch.Generator().manual_seed(0))
+    fast, ref = FastOpSearch(op, data, METHODS["liu2021"], **kw), OpSearch(op, data, METHODS["liu2021"], **kw)
+    assert fast.use_int and fast.channel_dim == -1
+    assert fast.current_loss() == pytest.approx(ref.current_loss(), abs=1e-6)
+    r_fast = search_op(op, "pe", data, METHODS["liu2021"], generator=torch.Generator().manual_seed(0), fast=True, **KW)
+    assert r_fast.loss_end < r_fast.loss_start

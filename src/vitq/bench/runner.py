@@ -25,6 +25,7 @@ from vitq.bench.tables import table1, table3
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
+from vitq.methods.extended import recipe_flags
 from vitq.models.loading import create_model, model_data_config
 from vitq.utils.atomic import atomic_write_text
 
@@ -62,8 +63,11 @@ def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
 def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tuple[str, ...] = TABLE1_METHODS,
               ablation: bool = True, num_calib: tuple[int, ...] = (32, 128), num_test: int | None = None,
               out_dir: str | Path = "benchmarks/results", seed: int = 0, search: str = "fast",
-              command: str | None = None) -> list[dict]:
-    """Run the benchmark for one model; returns its rows (also merged into the results file)."""
+              command: str | None = None, config_overrides: dict | None = None) -> list[dict]:
+    """Run the benchmark for one model; returns its rows (also merged into the results file).
+
+    ``config_overrides`` adds QuantConfig fields to every run (e.g. ``{"fully_quantized": True}``).
+    """
     if model_name not in BENCH_MODELS:
         raise vitq.errors.ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
     bm = BENCH_MODELS[model_name]
@@ -90,7 +94,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     plan += [(n, b, m) for n in num_calib for b in bits for m in (ABLATION_METHODS if ablation else ())]
     for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run"):
         calib = load_images(bm.calib, dc, num=n, seed=seed)
-        cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search)
+        cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search, **(config_overrides or {}))
         q = vitq.quantize(model, cfg)
         rep = vitq.calibrate(q, calib.images, progress=False)
         vitq.freeze(q)
@@ -99,7 +103,8 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
         row = {**base, "method": method, "w_bits": b, "a_bits": b, "top1": top1(out, test.labels),
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
                "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
-               "eval_seconds": round(time.perf_counter() - t0, 2), "search": search}
+               "eval_seconds": round(time.perf_counter() - t0, 2), "search": search,
+               **recipe_flags(cfg)}  # quantizer / smoothing choices of mptq, ptq4vit, repq-vit
         log.info("%s %s W%dA%d n=%d: top-1 %.4f (float %.4f), calib %.1fs", model_name, method, b, b, n,
                  row["top1"], top1_float, rep.seconds)
         rows.append(row)

@@ -19,11 +19,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from vitq.calibration.capture import capture_unit_inputs, check_finite, record_op_io, run_unit
+from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.methods.recipes import resolve_method
 from vitq.nn.qops import QuantOp, quant_ops
+from vitq.quantizers.base import SearchableQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,10 @@ def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str) -> OpData:
 
 def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen: torch.Generator) -> None:
     qa, qb = op.quantizers()
-    if init == "percentile":
+    if any(isinstance(q, SearchableQuantizer) for q in (qa, qb)):  # non-uniform: each knows its own start
+        qa.init_max(data.a)
+        qb.init_max(data.b)
+    elif init == "percentile":
         qa.scale.copy_(percentile_scale(data.a, percentile, qa.qmax, gen))
         if data.b_is_weight:
             qb.init_max(data.b)
@@ -158,6 +163,8 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     device = next(model.parameters()).device
     batches = [b.to(device) for b in batches]
     gen = torch.Generator().manual_seed(config.seed)
+    # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
+    prep = UnitPreparation.build(model, config, method, batches, info.forward)
     ops = quant_ops(model)
     for op in ops.values():
         op.set_enabled(False)
@@ -180,11 +187,15 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             continue
         if inputs is None:
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
+        if prep is not None:
+            prep.before_unit(uname, unit, inputs, unit_ops)
         for name in _op_call_order(unit, inputs, unit_ops):
             op = unit_ops[name]
             bar.set_postfix_str(name)
             t_op = time.perf_counter()
             op_data = _collect_op_data(unit, inputs, op, name)
+            if prep is not None:
+                prep.update_op_data(name, op_data)
             _init_intervals(op, op_data, method.init, config.percentile, gen)
             if method.objective is not None:
                 res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,

@@ -47,6 +47,8 @@ class OpData:
     b: torch.Tensor
     target: torch.Tensor
     b_is_weight: bool
+    #: per-element weights of the output error (the Hessian objective's squared output gradients)
+    out_weight: torch.Tensor | None = None
 
 
 def percentile_scale(x: torch.Tensor, percentile: float, qmax: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,6 +68,9 @@ class OpSearch:
                  ranking_pairs: int, ranking_margin: float, generator: torch.Generator):
         self.op, self.data, self.method = op, data, method
         self.qa, self.qb = op.quantizers()
+        # How the op's output is computed from quantized operands, and its channel axis; a subclass
+        # may evaluate the op in another layout (the fast search sees a patch conv as a Linear).
+        self.compute, self.channel_dim = op.compute, op.channel_dim
         self.n = data.a.shape[0]
         per_sample = max(1, data.target[0].numel())
         self.chunk = max(1, CHUNK_ELEMENTS // per_sample)
@@ -90,7 +95,7 @@ class OpSearch:
         """The objective of Eq. 11 (or the method's) for already fake-quantized operands."""
         total = 0.0
         for rows in self._rows():
-            out = self.op.compute(a_q[rows], self._b_rows(b_q, rows))
+            out = self.compute(a_q[rows], self._b_rows(b_q, rows))
             total += objective_sum(out, self.stats, rows)
             if self.ranking is not None:
                 total += self.gamma * self.ranking.loss_sum(out, rows)
@@ -123,8 +128,8 @@ class OpSearch:
         b_q = self.qb.fake_quant_with(self.data.b, self.qb.scale)
         err = torch.zeros_like(self.bias0, dtype=torch.float64)
         for rows in self._rows():
-            out = self.op.compute(a_q[rows], self._b_rows(b_q, rows))
-            e = expected_output_error(out, self.data.target[rows], self.op.channel_dim)
+            out = self.compute(a_q[rows], self._b_rows(b_q, rows))
+            e = expected_output_error(out, self.data.target[rows], self.channel_dim)
             err += e * (rows.stop - rows.start)
         err /= self.n
         with torch.no_grad():
@@ -143,6 +148,9 @@ def search_op(op: QuantOp, name: str, data: OpData, method: MethodSpec, *, num_c
         from vitq.calibration.fast_search import FastOpSearch as searcher
     else:
         searcher = OpSearch
+    from vitq.calibration.quantizer_search import extended_searcher
+
+    searcher = extended_searcher(searcher, op, method, fast)  # non-uniform quantizers, Hessian objective
     s = searcher(op, data, method, ranking_gamma=ranking_gamma, ranking_pairs=ranking_pairs,
                  ranking_margin=ranking_margin, generator=generator)
     base_a, base_b = s.qa.scale.clone(), s.qb.scale.clone()

@@ -45,12 +45,13 @@ def quant_params(model: nn.Module) -> dict:
     return ops
 
 
-def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write a quantized model to the directory ``path`` (replaced atomically if it exists)."""
+def quantized_meta(model: nn.Module, extra: dict | None = None, fmt: str = FORMAT,
+                   fmt_version: int = FORMAT_VERSION) -> dict:
+    """What ``vitq.json`` records: format, architecture spec, config, data config, state and per-op bits."""
     info = get_quant_info(model)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    return {
+        "format": fmt,
+        "format_version": fmt_version,
         "vitq_version": vitq.__version__,
         "adapter": info.adapter,
         "model_spec": info.model_spec,
@@ -61,6 +62,11 @@ def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None
         "ops": quant_params(model),
         "extra": extra or {},
     }
+
+
+def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write a quantized model to the directory ``path`` (replaced atomically if it exists)."""
+    meta = quantized_meta(model, extra)
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -68,18 +74,19 @@ def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None
     return Path(path)
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | Path, fmt: str = FORMAT, fmt_version: int = FORMAT_VERSION,
+              weights_file: str = WEIGHTS_FILE) -> dict:
     path = Path(path)
     meta_file = path / META_FILE
-    if not meta_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise QuantizedModelFormatError(f"{path} is not a saved vitq model (needs {META_FILE} and {WEIGHTS_FILE})")
+    if not meta_file.is_file() or not (path / weights_file).is_file():
+        raise QuantizedModelFormatError(f"{path} is not a saved vitq model (needs {META_FILE} and {weights_file})")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise QuantizedModelFormatError(f"{meta_file} is not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format") != fmt or meta.get("format_version") != fmt_version:
         raise QuantizedModelFormatError(
-            f"{meta_file}: format {meta.get('format')!r} v{meta.get('format_version')} is not {FORMAT} v{FORMAT_VERSION}"
+            f"{meta_file}: format {meta.get('format')!r} v{meta.get('format_version')} is not {fmt} v{fmt_version}"
         )
     return meta
 
@@ -92,10 +99,22 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> nn.Modul
         model: a float model of the same architecture to quantize and fill; by default it is rebuilt
             from the saved spec (``timm:``, ``hf:`` or ``vitq:``) with random init, then overwritten.
     """
-    from vitq.models.loading import create_model
-
     path = Path(path)
     meta = read_meta(path)
+    qmodel = rebuild_quantized(meta, path, model)
+    missing, unexpected = load_model(qmodel, str(path / WEIGHTS_FILE), strict=False)
+    if missing or unexpected:
+        raise QuantizedModelFormatError(
+            f"{path}/{WEIGHTS_FILE} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return finish_load(qmodel, meta)
+
+
+def rebuild_quantized(meta: dict, path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """The quantized architecture ``meta`` describes, tensors not loaded yet: the float model rebuilt from
+    the saved spec (or ``model``), quantized with the saved config, each op at its saved bits."""
+    from vitq.models.loading import create_model
+
     if model is None:
         spec = meta.get("model_spec")
         if not spec:
@@ -112,11 +131,12 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> nn.Modul
         )
     for name, op in ops.items():
         op.set_bits(meta["ops"][name]["a_bits"], meta["ops"][name]["b_bits"])
-    missing, unexpected = load_model(qmodel, str(path / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise QuantizedModelFormatError(
-            f"{path}/{WEIGHTS_FILE} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    return qmodel
+
+
+def finish_load(qmodel: nn.Module, meta: dict) -> nn.Module:
+    """After the tensors are loaded: each op's enabled/frozen state and the model's QuantInfo from ``meta``."""
+    ops = quant_ops(qmodel)
     for name, op in ops.items():
         op.set_enabled(meta["ops"][name]["enabled"])
         op.weight_frozen = bool(meta["frozen"]) and op.has_weight

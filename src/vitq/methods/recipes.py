@@ -15,7 +15,8 @@ class MethodSpec:
 
     Attributes:
         init: ``"max"`` (interval covering max|x|) or ``"percentile"`` (activation intervals from a percentile).
-        objective: ``None`` (no search), ``"pearson"`` (Eq. 12), ``"cosine"`` (EasyQuant) or ``"mse"``.
+        objective: ``None`` (no search), ``"pearson"`` (Eq. 12), ``"cosine"`` (EasyQuant), ``"mse"`` or
+            ``"hessian"`` (PTQ4ViT, :mod:`vitq.calibration.hessian`).
         ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
         bias_correction: Eq. 13-15 after each search round.
         alpha, beta: candidate range [alpha*Delta0, beta*Delta0].
@@ -41,6 +42,14 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("liu2021-sim+rank", objective="pearson", ranking=True),
         MethodSpec("liu2021-sim+bc", objective="pearson", bias_correction=True),
         MethodSpec("liu2021", objective="pearson", ranking=True, bias_correction=True),
+        # Recipes with other quantizers / transforms (which ones: vitq.methods.extended). MPTQ-ViT's
+        # parts run with the Liu et al. search; PTQ4ViT: Hessian-guided objective over [0.01, 1.2]
+        # (their config); RepQ-ViT: output MSE (their quantizers minimise the input's MSE).
+        MethodSpec("mptq", objective="pearson", ranking=True, bias_correction=True),
+        MethodSpec("mptq-sqb", objective="pearson", ranking=True, bias_correction=True),
+        MethodSpec("mptq-optm", objective="pearson", ranking=True, bias_correction=True),
+        MethodSpec("ptq4vit", objective="hessian", alpha=0.01, beta=1.2),
+        MethodSpec("repq-vit", objective="mse"),
     )
 }
 

@@ -1,0 +1,60 @@
+"""Recipe work the calibration engine runs before each unit's ops are calibrated.
+
+- Smoothing (SQ-b, SmoothQuant, RepQ-ViT's reparameterisation): fold per-channel factors of each
+  LayerNorm output into the LayerNorm and the Linears it feeds, chosen on the unit's own calibration
+  inputs (produced by the already quantized units before it), so the ops are then calibrated on the
+  smoothed activations (:func:`vitq.transforms.smoothing.smooth_unit`).
+- The Hessian objective (PTQ4ViT): squared output gradients of the unit's ops, attached to each op's
+  calibration data (:func:`vitq.calibration.hessian.output_grad_squares`).
+
+Recipes that need neither get no :class:`UnitPreparation` and the engine runs as before.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from vitq.calibration.hessian import output_grad_squares
+from vitq.calibration.search import OpData
+from vitq.methods.extended import resolve_choices
+from vitq.nn.qops import QuantOp
+from vitq.transforms.smoothing import SmoothingRecord, smooth_unit
+
+log = logging.getLogger(__name__)
+
+
+class UnitPreparation:
+    """Built by :meth:`build`; the engine calls :meth:`before_unit` then :meth:`update_op_data` per op."""
+
+    def __init__(self, model: nn.Module, config, smoothing: str | None, hessian: bool,
+                 batches: list[torch.Tensor], forward):
+        self.model, self.config, self.smoothing, self.hessian = model, config, smoothing, hessian
+        self.batches, self.forward = batches, forward
+        self.records: list[SmoothingRecord] = []
+        self._weights: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def build(cls, model: nn.Module, config, method, batches: list[torch.Tensor], forward) -> UnitPreparation | None:
+        smoothing = resolve_choices(config).smoothing
+        hessian = method.objective == "hessian"
+        if smoothing is None and not hessian:
+            return None
+        return cls(model, config, smoothing, hessian, batches, forward)
+
+    def before_unit(self, name: str, unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> None:
+        if self.smoothing is not None:
+            recs = smooth_unit(unit, inputs, self.smoothing, alpha=self.config.smoothquant_alpha,
+                               value_rows=self.config.sqb_proj, is_quantized=lambda m: isinstance(m, QuantOp))
+            for r in recs:
+                r.norm = f"{name}.{r.norm}"
+                log.info("%s: %s -> %s%s", r.mode, r.norm, r.linears, "" if r.alpha is None else f", alpha={r.alpha}")
+            self.records += recs
+        if self.hessian:
+            self._weights = output_grad_squares(self.model, self.batches, self.forward, unit_ops)
+
+    def update_op_data(self, name: str, data: OpData) -> None:
+        if self.hessian:
+            data.out_weight = self._weights.pop(name, None)

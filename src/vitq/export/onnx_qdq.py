@@ -1,0 +1,186 @@
+"""Quantizers that trace to ONNX ``QuantizeLinear`` / ``DequantizeLinear``: the export twin of a vitq model.
+
+:func:`qdq_twin` deep-copies a calibrated model and swaps every operand quantizer of every
+:class:`~vitq.nn.qops.QuantOp` for a module below (a module swap, like :func:`vitq.quantize`; the model's
+forwards are untouched):
+
+- :class:`QDQActivation` replaces an input quantizer. Eagerly it computes exactly what the
+  :class:`~vitq.quantizers.uniform.UniformQuantizer` computes (the same :func:`fake_quantize`); traced by
+  ``torch.onnx.export`` it becomes ``QuantizeLinear -> DequantizeLinear``.
+- :class:`QDQWeight` replaces a weight quantizer. It holds the weight's int8 codes
+  (``UniformQuantizer.codes()``) as a buffer, so the graph gets an int8 initializer and
+  ``DequantizeLinear`` (per-channel ``axis`` when the weight has per-channel intervals).
+
+Numerics (Eq. 8): vitq codes are signed, ``[-2^(b-1), 2^(b-1)-1]``, zero point 0.
+
+- ``activation_type="s8"``: int8, zero point 0, the vitq codes themselves.
+- ``activation_type="u8"``: uint8, zero point 128: ``u = c + 128``, the same dequantized values
+  (``(u - 128) * scale``) and the same rounding (ONNX rounds ``x / scale`` half to even before adding
+  the zero point). Many CPUs run U8S8 integer matmuls faster.
+- ``b < 8``: ``QuantizeLinear`` saturates only to the 8-bit type, so a ``Clip`` to
+  ``[qmin * scale, qmax * scale]`` goes first. It is exact: ``round(clip(x) / scale)`` equals
+  ``clamp(round(x / scale), qmin, qmax)``, because ``(q * scale) / scale`` is within a few ulp of the
+  integer ``q`` and rounds back to it. ORT keeps the Clip (it only drops a Clip that is wider than the
+  quantized range).
+- Weights at 2..8 bits: int8 containers holding the exact b-bit codes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from vitq.errors import ExportError
+from vitq.nn.qops import QuantOp, quant_ops
+from vitq.quantizers.uniform import UniformQuantizer, fake_quantize, qrange
+
+#: ONNX container of exported codes: 8 bits at most
+MAX_EXPORT_BITS = 8
+ACTIVATION_TYPES = ("u8", "s8")
+
+
+class _QuantizeDequantize(torch.autograd.Function):
+    """Fake quantization (Eq. 8-9) that traces to ``[Clip ->] QuantizeLinear -> DequantizeLinear``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, scale_value: float, bits: int, u8: bool) -> torch.Tensor:
+        return fake_quantize(x, scale, bits)
+
+    @staticmethod
+    def symbolic(g, x, scale, scale_value: float, bits: int, u8: bool):
+        # The scale goes in as a constant (python float of the float32 buffer: exact), so the Clip
+        # bounds and the Q/DQ scale come from the same number.
+        s = g.op("Constant", value_t=torch.tensor(scale_value, dtype=torch.float32))
+        zp_value = torch.tensor(128, dtype=torch.uint8) if u8 else torch.tensor(0, dtype=torch.int8)
+        zp = g.op("Constant", value_t=zp_value)
+        if bits < MAX_EXPORT_BITS:
+            qmin, qmax = qrange(bits)
+            lo = g.op("Constant", value_t=torch.tensor(qmin * scale_value, dtype=torch.float32))
+            hi = g.op("Constant", value_t=torch.tensor(qmax * scale_value, dtype=torch.float32))
+            x = g.op("Clip", x, lo, hi)
+        q = g.op("QuantizeLinear", x, s, zp)
+        return g.op("DequantizeLinear", q, s, zp)
+
+
+class _Dequantize(torch.autograd.Function):
+    """``codes * scale`` (Eq. 9) that traces to ``DequantizeLinear(codes, scale, 0[, axis])``."""
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:
+        if axis is None:
+            return codes.float() * scale
+        shape = [1] * codes.dim()
+        shape[axis] = -1
+        return codes.float() * scale.view(shape)
+
+    @staticmethod
+    def symbolic(g, codes, scale, axis: int | None):
+        if axis is None:
+            return g.op("DequantizeLinear", codes, scale, g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8)))
+        channels = codes.type().sizes()[axis]
+        zp = g.op("Constant", value_t=torch.zeros(channels, dtype=torch.int8))
+        return g.op("DequantizeLinear", codes, scale, zp, axis_i=axis)
+
+
+def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
+    if type(q) is not UniformQuantizer:
+        raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
+                          f"{UniformQuantizer.__name__} only")
+    if not q.enabled:
+        raise ExportError(f"{where}: quantizer is disabled (not calibrated); run vitq.calibrate before exporting")
+    if not q.signed:
+        raise ExportError(f"{where}: unsigned quantizers cannot be exported (vitq's signed codes of Eq. 8 are)")
+    if q.bits > MAX_EXPORT_BITS:
+        raise ExportError(f"{where}: {q.bits}-bit codes do not fit the 8-bit ONNX integer types; use 2..8 bits")
+    return q
+
+
+class QDQActivation(nn.Module):
+    """Stands in for an input (activation) quantizer: same values eagerly, Q/DQ in the ONNX graph.
+
+    Args:
+        quantizer: the calibrated per-tensor signed quantizer it replaces.
+        activation_type: ``"u8"`` (uint8, zero point 128) or ``"s8"`` (int8, zero point 0).
+        where: the operand's name, for error messages.
+    """
+
+    def __init__(self, quantizer: UniformQuantizer, activation_type: str = "u8", where: str = "?"):
+        super().__init__()
+        q = _check_quantizer(quantizer, where)
+        if q.axis is not None or q.scale.dim() != 0:
+            raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
+        if activation_type not in ACTIVATION_TYPES:
+            raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
+        self.bits = q.bits
+        self.u8 = activation_type == "u8"
+        self.register_buffer("scale", q.scale.detach().clone())
+        self.scale_value = float(self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QuantizeDequantize.apply(x, self.scale, self.scale_value, self.bits, self.u8)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, type={'uint8 zp=128' if self.u8 else 'int8'}, scale={self.scale_value:.4g}"
+
+
+class QDQWeight(nn.Module):
+    """Stands in for a weight quantizer: holds the weight's codes and returns them dequantized.
+
+    Called as ``quantizer(weight)`` by the op's forward; the float ``weight`` argument is not used, the
+    codes are the weight (they equal ``quantizer.codes(weight)`` of the replaced quantizer, and
+    ``codes * scale`` equals its fake-quantized weight bit for bit).
+    """
+
+    def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor, where: str = "?"):
+        super().__init__()
+        q = _check_quantizer(quantizer, where)
+        self.bits = q.bits
+        self.axis = None if q.axis is None else q.axis % weight.dim()
+        self.register_buffer("codes", q.codes(weight.detach()).to(torch.int8))
+        self.register_buffer("scale", q.scale.detach().clone())
+
+    def forward(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return _Dequantize.apply(self.codes, self.scale, self.axis)
+
+    def extra_repr(self) -> str:
+        gran = "per_tensor" if self.axis is None else f"per_channel(axis={self.axis})"
+        return f"bits={self.bits}, int8 codes {tuple(self.codes.shape)}, {gran}"
+
+
+def _swap_child(op: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for name, child in op.named_children():
+        if child is old:
+            setattr(op, name, new)
+            return
+    raise ExportError(f"{type(op).__name__}: its quantizer is not a direct child module; cannot swap it for export")
+
+
+def qdq_twin(qmodel: nn.Module, activation_type: str = "u8") -> nn.Module:
+    """A deep copy of a calibrated vitq model whose quantizers trace to ONNX Q/DQ nodes.
+
+    Eagerly the twin computes the same outputs as ``qmodel`` (frozen or not). Raises
+    :class:`~vitq.errors.ExportError`, naming the op, for anything the ONNX integer types cannot hold.
+    """
+    ops = quant_ops(qmodel)
+    if not ops:
+        raise ExportError("the model has no quantized ops; export the float model with export_float_onnx")
+    twin = copy.deepcopy(qmodel)
+    for name, op in quant_ops(twin).items():
+        qa, qb = op.quantizers()
+        _swap_child(op, qa, QDQActivation(qa, activation_type, where=f"{name} (input)"))
+        if op.has_weight:
+            _swap_child(op, qb, QDQWeight(qb, op.weight, where=f"{name} (weight)"))
+            op.weight_frozen = False  # the forward must call the weight quantizer: it is the weight now
+        else:
+            _swap_child(op, qb, QDQActivation(qb, activation_type, where=f"{name} (second input)"))
+    twin.eval()
+    return twin
+
+
+def quantized_operands(qmodel: nn.Module) -> dict[str, int]:
+    """Operand counts of a quantized model's ops: ``activations`` (each gets Q and DQ) and ``weights`` (DQ)."""
+    ops: dict[str, QuantOp] = quant_ops(qmodel)
+    weights = sum(1 for op in ops.values() if op.has_weight)
+    return {"activations": sum(1 if op.has_weight else 2 for op in ops.values()), "weights": weights}

@@ -1,0 +1,30 @@
+"""Command-line flags of the extended recipes (:mod:`vitq.methods.extended`), for ``vitq quantize``.
+
+Each flag defaults to ``None`` so that only flags given explicitly override a ``--config`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_extended_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MPTQ-ViT parts (compose with any --method)")
+    g.add_argument("--sqb", action="store_true", default=None,
+                   help="SQ-b: fold a per-channel shift + SmoothQuant scale of LayerNorm outputs into the model")
+    g.add_argument("--no-sqb-shift", dest="sqb_shift", action="store_false", default=None,
+                   help="with --sqb (or --method mptq): no shift, i.e. plain SmoothQuant")
+    g.add_argument("--smoothquant-alpha", type=float, default=None, help="fixed alpha in [0, 1] (default: searched)")
+    g.add_argument("--sqb-proj", action="store_true", default=None,
+                   help="also smooth the attention output projection through the V rows of qkv")
+    g.add_argument("--optm", action="store_true", default=None, help="OPT-m two-region quantizer on post-GELU inputs")
+    g.add_argument("--optm-softmax", action="store_true", default=None,
+                   help="OPT-m's two-region quantizer on post-softmax attention maps too")
+    g.add_argument("--fully-quantized", action="store_true", default=None,
+                   help="also quantize LayerNorm inputs (power-of-two factors) and softmax outputs (log2)")
+
+
+def extended_config_fields(args: argparse.Namespace) -> dict:
+    """The QuantConfig fields given by these flags (``None`` where not given)."""
+    return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
+                                                  "optm_softmax", "fully_quantized")}

@@ -1,0 +1,136 @@
+"""Command-line pieces of mixed precision, wired into :mod:`vitq.cli`:
+
+- ``vitq quantize --mp nuclear|hessian|greedy`` (target ``--bits``/``--w-bits`` or ``--budget-mb``), or
+  ``vitq quantize --plan plan.json`` (a plan written by ``mp-search`` or by hand);
+- ``vitq mp-search ... --out plan.json [--plot plan.png]``;
+- ``vitq bench --mp nuclear hessian greedy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+
+from vitq.errors import ConfigError, VitqError
+
+log = logging.getLogger("vitq")
+
+
+def add_mp_quantize_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``vitq quantize`` (and ``mp-search``) that choose a mixed-precision plan."""
+    from vitq.mp.search import MP_METHODS
+
+    p.add_argument("--mp", choices=MP_METHODS, default=None,
+                   help="search a mixed-precision plan first: the size of uniform --bits (or --budget-mb)")
+    p.add_argument("--budget-mb", type=float, default=None, help="model size budget in MB (10^6 bytes) for --mp")
+    p.add_argument("--candidates", type=int, nargs="+", default=None,
+                   help="candidate bit-widths for --mp (default: target-2 .. target+2, at least 3)")
+    p.add_argument("--granularity", choices=["module", "op"], default="module",
+                   help="one bit-width per MSA/MLP module (the paper) or per op")
+    p.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
+                   help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
+    p.add_argument("--plan", default=None, help="a mixed-precision plan JSON (from vitq mp-search, editable)")
+
+
+def _search(args: argparse.Namespace, model, images, config):
+    from vitq.mp.search import search_plan
+
+    if config.w_bits != config.a_bits and args.budget_mb is None:
+        raise ConfigError(f"--mp gives weights and inputs of a unit one bit-width; --w-bits {config.w_bits} and "
+                          f"--a-bits {config.a_bits} differ: give --bits, or --budget-mb")
+    return search_plan(model, images, method=args.mp, bits=config.w_bits if args.budget_mb is None else None,
+                       budget_mb=args.budget_mb, base_bits=config.w_bits, candidates=args.candidates,
+                       granularity=args.granularity, msa_feature=args.msa_feature,
+                       per_channel_weights=config.per_channel_weights, quantize_head=config.quantize_head,
+                       batch_size=config.batch_size, seed=config.seed, progress=True)
+
+
+def apply_mp_args(args: argparse.Namespace, model, images, config):
+    """``(config with the plan, summary fields)`` for ``vitq quantize``: searches (``--mp``) or loads (``--plan``)."""
+    from vitq.mp.plan import load_plan
+
+    if getattr(args, "mp", None) and getattr(args, "plan", None):
+        raise ConfigError("give either --mp (search a plan) or --plan FILE (use one), not both")
+    if getattr(args, "plan", None):
+        return dataclasses.replace(config, plan=load_plan(args.plan)), {"plan_file": str(args.plan)}
+    if not getattr(args, "mp", None):
+        if getattr(args, "budget_mb", None) is not None:
+            raise ConfigError("--budget-mb needs --mp METHOD")
+        return config, {}
+    res = _search(args, model, images, config)
+    info = {"mixed_precision": True, "mp_method": args.mp, "budget_mb": round(res.budget_mb, 6),
+            "size_mb": res.size_mb, "search_seconds": round(res.seconds, 2), "unit_bits": res.unit_bits}
+    return dataclasses.replace(config, plan=res.plan), info
+
+
+def add_mp_search_parser(sub) -> None:
+    from vitq.cli import DEFAULT_CALIB, _add_model_args
+
+    s = sub.add_parser("mp-search", help="search a mixed-precision plan (Liu et al. 3.3) and write it as JSON")
+    _add_model_args(s)
+    s.add_argument("--mp", dest="mp", choices=["nuclear", "hessian", "greedy"], default="nuclear",
+                   help="allocation method (default nuclear)")
+    s.add_argument("--bits", type=int, default=None, help="target average bits: budget = uniform size (default 6)")
+    s.add_argument("--budget-mb", type=float, default=None, help="budget in MB instead of --bits")
+    s.add_argument("--base-bits", type=int, default=None, help="bits of ops outside the units (default --bits, else 8)")
+    s.add_argument("--candidates", type=int, nargs="+", default=None)
+    s.add_argument("--granularity", choices=["module", "op"], default="module")
+    s.add_argument("--msa-feature", choices=["attention", "output"], default="attention")
+    s.add_argument("--init", choices=["percentile", "minmax"], default="percentile",
+                   help="cheap intervals of the sensitivity probe")
+    s.add_argument("--per-channel", action="store_true", help="per-channel weights (as the plan will be calibrated)")
+    s.add_argument("--quantize-head", action="store_true")
+    s.add_argument("--calib", default=None, help=f"calibration images (default with the default model: {DEFAULT_CALIB})")
+    s.add_argument("--num-calib", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="plan JSON to write (use it with vitq quantize --plan)")
+    s.add_argument("--plot", default=None, help="also write a PNG of bits and sensitivity per unit")
+
+
+def cmd_mp_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitq.cli import DEFAULT_CALIB, DEFAULT_MODEL, _model_kwargs
+    from vitq.data.sources import load_images
+    from vitq.models.loading import create_model, model_data_config
+    from vitq.mp.search import search_plan
+
+    calib_src = args.calib or (DEFAULT_CALIB if args.model == DEFAULT_MODEL else None)
+    if calib_src is None:
+        raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
+    model = create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args.model_arg))
+    calib = load_images(calib_src, model_data_config(model), num=args.num_calib, seed=args.seed)
+    torch.manual_seed(args.seed)
+    bits = args.bits if args.bits is not None or args.budget_mb is not None else 6
+    res = search_plan(model, calib.images, method=args.mp, bits=bits, budget_mb=args.budget_mb,
+                      base_bits=args.base_bits, candidates=args.candidates, granularity=args.granularity,
+                      msa_feature=args.msa_feature, init=args.init, per_channel_weights=args.per_channel,
+                      quantize_head=args.quantize_head, seed=args.seed, progress=True)
+    res.save(args.out)
+    if args.plot:
+        from vitq.mp.report import plot_plan
+
+        plot_plan(res, args.plot)
+    print(json.dumps({"method": res.method, "budget_mb": res.budget_mb, "size_mb": res.size_mb,
+                      "average_bits": round(res.average_bits, 3), "seconds": round(res.seconds, 2),
+                      "unit_bits": res.unit_bits}, indent=2))
+    print(f"wrote plan to {args.out}")
+    return 0
+
+
+def cmd_bench_mp(args: argparse.Namespace) -> int:
+    """``vitq bench --mp ...``: mixed-precision rows for each bench model (see :mod:`vitq.bench.mp_bench`)."""
+    from vitq.bench.mp_bench import run_mp_rows
+
+    methods = args.methods or ["liu2021"]
+    for name in args.model or ["fmnist-vit"]:
+        for method in methods:
+            run_mp_rows(name, mp_methods=tuple(args.mp), bits=tuple(args.bits), method=method,
+                        num_calib=32 if args.quick else args.num_calib[0],
+                        num_test=500 if args.quick and args.num_test is None else args.num_test,
+                        out_dir=args.out, seed=args.seed, search=args.search,
+                        budgets_mb=tuple(getattr(args, "budget_mb", None) or ()))
+        print(f"wrote {args.out}/{name}.json and {name}-mp.md")
+    return 0

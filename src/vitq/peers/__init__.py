@@ -1,0 +1,1 @@
+"""Other tools' post-training quantization, run on the same models and images as vitq for comparison."""

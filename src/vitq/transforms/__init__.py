@@ -1,0 +1,1 @@
+"""Function-preserving model transforms applied before quantization (scale/shift folding)."""
