@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench-setup
 
 setup:
 	@bash scripts/setup_env.sh
@@ -15,3 +15,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts benchmarks
+
+# The full Fashion-MNIST (Debian dataset-fashion-mnist) that `vitq bench` evaluates on.
+bench-setup: setup
+	@bash scripts/setup_fmnist.sh

@@ -30,6 +30,11 @@ CASES = {
     "deit-s-128": ("deit_small_patch16_224", 12, 128),
     "deit-s-d6-32": ("deit_small_patch16_224", 6, 32),
     "deit-b-128": ("deit_base_patch16_224", 12, 128),
+    # Short cases: the reference search in the same run (a ratio on a noisy shared machine), and the
+    # peak memory of DeiT-Base with 128 images (calibration holds one block's data at a time, so the
+    # peak does not grow with depth; compare deit-s-d6-32 with deit-s-32).
+    "deit-s-d2-32": ("deit_small_patch16_224", 2, 32),
+    "deit-b-d2-128": ("deit_base_patch16_224", 2, 128),
 }
 RESULTS = Path(__file__).parent / "results" / "calibration_speed.json"
 

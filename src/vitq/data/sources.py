@@ -4,6 +4,10 @@
 - ``fmnist-subset:calib`` / ``fmnist-subset:test``: the small Fashion-MNIST subset shipped with vitq
   (1,024 train images for calibration, the first 2,000 test images).
 - ``fmnist:train`` / ``fmnist:test``: the full Fashion-MNIST from the Debian package dataset-fashion-mnist.
+- ``hf:NAME_OR_DIR[:SPLIT]``: a Hugging Face ``datasets`` data set from the hub or a ``save_to_disk`` folder
+  (needs ``vitq[hf-datasets]``; see :mod:`vitq.data.hf_datasets`).
+- ``foolbox:imagenet`` / ``foolbox:cifar10`` (also ``cifar100``, ``mnist``, ``fashionMNIST``): the 20 labelled
+  samples of the ``foolbox==3.3.4`` wheel, for smoke tests (see :mod:`vitq.data.foolbox_samples`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         if idx is not None:
             imgs, labels = imgs[idx], labels[idx]
         return ImageSet(normalize_uint8(imgs, cfg), labels, source)
+    if source.startswith("hf:"):
+        from vitq.data.hf_datasets import load_hf_dataset
+
+        name, _, split = source[3:].partition(":")
+        return load_hf_dataset(name, split or None, cfg, num=num, seed=seed)
+    if source.startswith("foolbox:"):
+        from vitq.data.foolbox_samples import load_foolbox_samples
+
+        found = load_foolbox_samples(source.split(":", 1)[1], cfg)
+        idx = _subsample(len(found.images), num, seed)
+        if idx is not None:
+            found = ImageSet(found.images[idx], found.labels[idx], source)
+        return found
     from vitq.data.folder import load_folder
 
     images, labels, _ = load_folder(source, cfg, num=num, seed=seed)

@@ -45,7 +45,8 @@ def add_export_flags(quantize: argparse.ArgumentParser, evaluate: argparse.Argum
     """``vitq quantize --packed`` and ``vitq eval --onnx FILE``."""
     quantize.add_argument("--packed", action="store_true",
                           help="store weights packed at their bit-widths (packed.safetensors) instead of float32")
-    eval_source.add_argument("--onnx", help="an ONNX file written by vitq export: evaluate it in ONNX Runtime")
+    eval_source.add_argument("--onnx", help="an ONNX file written by vitq export: evaluate it in ONNX Runtime (the "
+                                            "float reference is the model the file records, else --model)")
     evaluate.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 
 

@@ -111,7 +111,8 @@ def _attr(node, name: str, default):
 
 
 def _transpose_weight_dq(graph, dq, inits: dict) -> bool:
-    """Transpose a 2-D weight's int8 codes initializer in place (and move a per-channel axis 0 -> 1)."""
+    """Transpose a 2-D weight's int8 codes initializer in place; a per-channel DQ (the only kind with an
+    ``axis`` attribute here, see :mod:`vitq.export.onnx_qdq`) moves its axis to the other dimension."""
     from onnx import helper, numpy_helper
 
     codes = inits.get(dq.input[0])
@@ -119,13 +120,12 @@ def _transpose_weight_dq(graph, dq, inits: dict) -> bool:
         return False
     arr = numpy_helper.to_array(codes)
     codes.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr.T), codes.name))
-    axis = _attr(dq, "axis", 1)
-    if len(dq.input) > 1 and dq.input[1] in inits and len(inits[dq.input[1]].dims) == 1:
-        for i, a in enumerate(dq.attribute):
-            if a.name == "axis":
-                del dq.attribute[i]
-                break
-        dq.attribute.append(helper.make_attribute("axis", 1 - (axis % 2)))
+    for i, a in enumerate(dq.attribute):
+        if a.name == "axis":
+            axis = a.i % 2
+            del dq.attribute[i]
+            dq.attribute.append(helper.make_attribute("axis", 1 - axis))
+            break
     return True
 
 

@@ -48,22 +48,26 @@ class OrtModel:
 
     Args:
         path: the ``.onnx`` file (from :func:`vitq.export.onnx_export.export_onnx` or any model with
-            one image input and logits as first output).
+            one image input and logits as first output), or an existing ``onnxruntime.InferenceSession``
+            (used as it is; ``threads`` and the other options are then ignored).
         threads: intra-op threads.
         allow_spinning: let idle ORT worker threads spin (faster alone, harmful beside torch or other jobs).
         optimized_model_path: also write the graph ORT actually runs (after its fusions) there.
     """
 
-    def __init__(self, path: str | Path, threads: int = 2, *, allow_spinning: bool = False,
+    def __init__(self, path, threads: int = 2, *, allow_spinning: bool = False,
                  optimized_model_path: str | Path | None = None):
         import onnxruntime as ort
 
-        self.path = Path(path)
         self.threads = threads
-        self.session = ort.InferenceSession(
-            str(self.path), session_options(threads, allow_spinning=allow_spinning,
-                                            optimized_model_path=optimized_model_path),
-            providers=list(PROVIDERS))
+        if isinstance(path, ort.InferenceSession):
+            self.path, self.session = None, path
+        else:
+            self.path = Path(path)
+            self.session = ort.InferenceSession(
+                str(self.path), session_options(threads, allow_spinning=allow_spinning,
+                                                optimized_model_path=optimized_model_path),
+                providers=list(PROVIDERS))
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -80,9 +84,9 @@ class OrtModel:
         return torch.cat(outs)
 
 
-def ort_predict(model: str | Path | OrtModel, images: torch.Tensor, batch_size: int = 64, *, threads: int = 2,
+def ort_predict(model, images: torch.Tensor, batch_size: int = 64, *, threads: int = 2,
                 progress: bool = False) -> torch.Tensor:
-    """Logits of ``images`` from an ONNX file (or an :class:`OrtModel`), in batches."""
+    """Logits of ``images`` from an ONNX file, an ``InferenceSession`` or an :class:`OrtModel`, in batches."""
     m = model if isinstance(model, OrtModel) else OrtModel(model, threads=threads)
     return m.predict(images, batch_size, progress=progress)
 

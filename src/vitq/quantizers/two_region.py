@@ -33,6 +33,7 @@ R2 with Delta_R2 = 2^k Delta_R1; each region a (b-1)-bit unsigned code, plus one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -51,14 +52,14 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _joint_search(num_k: int, num_f: int, loss_at, exhaustive: bool) -> tuple[int, int, float]:
-    """Best (k, f) index pair of a k x f grid: a coarse pass over f for every k, then the fine pass
-    around the best coarse point for its k (everything when ``exhaustive``)."""
+def _joint_search(ks: range, num_f: int, loss_at, exhaustive: bool) -> tuple[int, int, float]:
+    """Best (k, f) index pair of a k x f grid: a coarse pass over f for every k in ``ks``, then the fine
+    pass around the best coarse point for its k (everything when ``exhaustive``)."""
     if exhaustive:
-        best = min(((k, f) for k in range(num_k) for f in range(num_f)), key=lambda kf: loss_at(*kf))
+        best = min(((k, f) for k in ks for f in range(num_f)), key=lambda kf: loss_at(*kf))
         return best[0], best[1], loss_at(*best)
     per_k = {}
-    for k in range(num_k):
+    for k in ks:
         step = max(1, round(num_f ** 0.5))
         coarse = sorted(set(range(0, num_f, step)) | {num_f - 1})
         f = min(coarse, key=lambda j, k=k: loss_at(k, j))
@@ -66,6 +67,15 @@ def _joint_search(num_k: int, num_f: int, loss_at, exhaustive: bool) -> tuple[in
     k_best = min(per_k, key=lambda k: per_k[k][1])
     f_best, loss = coarse_to_fine(num_f, lambda j: loss_at(k_best, j))
     return k_best, f_best, loss
+
+
+def _window(self, ratio: float, exhaustive: bool) -> range:
+    """All k on the first search after ``init_max``; then (fast search only) k within 1 of the current
+    ratio's, since the alternating rounds move the other operand's interval only a little."""
+    if exhaustive or not getattr(self, "_searched", False):
+        return range(self.max_log2_ratio + 1)
+    k = min(max(round(math.log2(max(ratio, 1.0))), 0), self.max_log2_ratio)
+    return range(max(0, k - 1), min(self.max_log2_ratio, k + 1) + 1)
 
 
 class _Cached:
@@ -100,6 +110,8 @@ class TwoRegionQuantizer(SearchableQuantizer):
         self.fractions = fractions
         self.register_buffer("neg_scale", torch.ones(()))
 
+    _ratio_window = _window
+
     @property
     def ratio(self) -> float:
         """m = Delta+ / Delta-."""
@@ -120,6 +132,7 @@ class TwoRegionQuantizer(SearchableQuantizer):
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
+        self._searched = False
         pos = (x.detach().max().clamp_min(TINY) / self.qmax).float()
         self.scale.copy_(pos)
         if self.mode == "ptq4vit":
@@ -148,7 +161,8 @@ class TwoRegionQuantizer(SearchableQuantizer):
             pos = top * grid[j]
             return loss_fn(self._fq(x, pos, pos / 2**k))
 
-        k, j, loss = _joint_search(self.max_log2_ratio + 1, len(grid), _Cached(loss_at), exhaustive)
+        k, j, loss = _joint_search(self._ratio_window(self.ratio, exhaustive), len(grid), _Cached(loss_at), exhaustive)
+        self._searched = True
         if loss < current_loss:
             self.scale.copy_(top * grid[j])
             self.neg_scale.copy_(top * grid[j] / 2**k)
@@ -179,6 +193,8 @@ class TwinUniformQuantizer(SearchableQuantizer):
         self.fractions = fractions
         self.register_buffer("fine_scale", torch.ones(()))
 
+    _ratio_window = _window
+
     @property
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1
@@ -198,6 +214,7 @@ class TwinUniformQuantizer(SearchableQuantizer):
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
+        self._searched = False
         coarse = self._coarse_ptq4vit() if self.mode == "ptq4vit" else x.detach().max().clamp_min(TINY) / self.qmax
         self.scale.copy_(coarse)
         # PTQ4ViT initialises the split point (top of R1) at 0.01
@@ -225,7 +242,9 @@ class TwinUniformQuantizer(SearchableQuantizer):
             c = top * grid[j]
             return loss_fn(self._fq(x, c, c / 2**k))
 
-        k, j, loss = _joint_search(self.max_log2_ratio + 1, len(grid), _Cached(loss_at), exhaustive)
+        ratio = float(self.scale / self.fine_scale)
+        k, j, loss = _joint_search(self._ratio_window(ratio, exhaustive), len(grid), _Cached(loss_at), exhaustive)
+        self._searched = True
         if loss < current_loss:
             self.scale.copy_(top * grid[j])
             self.fine_scale.copy_(top * grid[j] / 2**k)

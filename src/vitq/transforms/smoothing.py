@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 #: alpha grid of the SQ-b / SmoothQuant search (the design's "0.3 to 0.8")
 DEFAULT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: activation clipping factors tried for each alpha (the later interval search clips too)
-_CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+_CLIPS = (1.0, 0.8, 0.6)
 #: tokens used to score alpha candidates
-_MAX_TOKENS = 4096
+_MAX_TOKENS = 2048
 #: RepQ-ViT's per-channel range candidates (percentiles of each channel)
 REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)
 _EPS = 1e-5

@@ -1,0 +1,87 @@
+"""Command-line pieces of the reports, wired into :mod:`vitq.cli`:
+
+- ``vitq quantize`` writes ``report.md`` (+ PNGs) into its output directory (``--no-report`` skips it);
+- ``vitq report RUN_DIR`` (re)makes that report from a saved directory (``--calib`` for the per-op SQNR);
+- ``vitq report --bench benchmarks/results/fmnist-vit.json`` writes the benchmark report with its plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vitq.errors import VitqError
+
+log = logging.getLogger("vitq")
+
+#: calibration images used for the per-op output SQNR of a run report
+REPORT_IMAGES = 8
+
+
+def add_report_flag(q: argparse.ArgumentParser) -> None:
+    """``vitq quantize --no-report``."""
+    q.add_argument("--no-report", action="store_true", help="do not write report.md and its plots into --out")
+
+
+def add_report_parser(sub) -> None:
+    """The ``vitq report`` subcommand."""
+    r = sub.add_parser("report", help="the report (markdown + plots) of a vitq quantize run or of benchmark results")
+    r.add_argument("run_dir", nargs="?", help="a directory written by vitq quantize")
+    r.add_argument("--bench", action="append", default=[], metavar="RESULTS_JSON",
+                   help="a benchmark results file (benchmarks/results/<model>.json), repeatable")
+    r.add_argument("--out", default=None, help="output directory (default: RUN_DIR, or next to the results file)")
+    r.add_argument("--calib", default=None, help="calibration images for the per-op output SQNR (default: the "
+                                                 "run's recorded --calib, or the built-in set for vitq: models)")
+    r.add_argument("--num-images", type=int, default=REPORT_IMAGES, help="images for the per-op SQNR (default 8)")
+    r.add_argument("--no-layer-sqnr", action="store_true", help="skip the per-op output SQNR (no model forward)")
+    r.add_argument("--seed", type=int, default=0)
+
+
+def report_after_quantize(qmodel: nn.Module, model: nn.Module, calib_images: torch.Tensor, out: Path,
+                          summary: dict, calibration: dict) -> Path:
+    """The run report of ``vitq quantize``, written into its output directory."""
+    from vitq.report.run_report import write_run_report
+
+    path = write_run_report(qmodel, out, float_model=model, images=calib_images[:REPORT_IMAGES], summary=summary,
+                            calibration=calibration)
+    print(f"wrote report {path}")
+    return path
+
+
+def _run_images(run_dir: Path, args: argparse.Namespace) -> torch.Tensor | None:
+    from vitq.cli import DEFAULT_CALIB
+    from vitq.data.sources import load_images
+    from vitq.data.transforms import DataConfig
+
+    meta = json.loads((run_dir / "vitq.json").read_text())
+    summary = (meta.get("extra") or {}).get("summary") or {}
+    spec = (meta.get("model_spec") or {}).get("spec", "")
+    src = args.calib or summary.get("calib") or (DEFAULT_CALIB if spec.startswith("vitq:") else None)
+    if src is None:
+        log.warning("report: no calibration images known for %s; give --calib for the per-op output SQNR", run_dir)
+        return None
+    return load_images(src, DataConfig.from_dict(meta["data_config"]), num=args.num_images, seed=args.seed).images
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vitq.report.bench_report import write_bench_report
+    from vitq.report.run_report import write_run_report
+
+    if not args.run_dir and not args.bench:
+        raise VitqError("vitq report: give RUN_DIR (a vitq quantize output) and/or --bench RESULTS_JSON")
+    for results in args.bench:
+        if not Path(results).is_file():
+            raise VitqError(f"--bench {results}: no such results file")
+        print(f"wrote {write_bench_report(results, args.out)}")
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "vitq.json").is_file():
+            raise VitqError(f"{run_dir} is not a vitq quantize output directory (no vitq.json)")
+        images = None if args.no_layer_sqnr else _run_images(run_dir, args)
+        print(f"wrote {write_run_report(run_dir, args.out, images=images)}")
+    return 0
