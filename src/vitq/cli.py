@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--search", default="fast", choices=["fast", "reference"])
     b.add_argument("--out", default="benchmarks/results")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--peers", action="store_true",
+                   help="also ONNX Runtime's quantize_static (MinMax, Percentile, Entropy) at W8A8; the PTQ4ViT and "
+                        "RepQ-ViT recipes run through --methods ptq4vit repq-vit")
     from vitq.methods.extended_cli import add_extended_args
 
     add_extended_args(b)  # MPTQ-ViT flags for every bench run (--sqb, --optm, --fully-quantized, ...)
@@ -130,7 +133,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
                   ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
                   num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
-                  seed=args.seed, search=args.search, config_overrides=_extended_overrides(args))
+                  seed=args.seed, search=args.search, config_overrides=_extended_overrides(args),
+                  peers=args.peers)
         print(f"wrote {args.out}/{name}.json and {name}.md")
     return 0
 

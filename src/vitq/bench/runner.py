@@ -63,10 +63,12 @@ def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
 def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tuple[str, ...] = TABLE1_METHODS,
               ablation: bool = True, num_calib: tuple[int, ...] = (32, 128), num_test: int | None = None,
               out_dir: str | Path = "benchmarks/results", seed: int = 0, search: str = "fast",
-              command: str | None = None, config_overrides: dict | None = None) -> list[dict]:
+              command: str | None = None, config_overrides: dict | None = None, peers: bool = False) -> list[dict]:
     """Run the benchmark for one model; returns its rows (also merged into the results file).
 
     ``config_overrides`` adds QuantConfig fields to every run (e.g. ``{"fully_quantized": True}``).
+    ``peers`` adds ONNX Runtime's own static quantization (W8A8, its three calibrators) on the same
+    calibration and test images.
     """
     if model_name not in BENCH_MODELS:
         raise vitq.errors.ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
@@ -88,6 +90,18 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
              "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6, "calib_seconds": 0.0,
              "num_calib": 0, "eval_seconds": float_seconds}]
     merge_rows(results, rows)
+    if peers and 8 in bits:
+        from vitq.peers.ort_static import ort_static_rows
+
+        for n in num_calib:
+            calib = load_images(bm.calib, dc, num=n, seed=seed)
+            peer_rows = ort_static_rows(model_name, model, calib.images, test.images, test.labels, command=command,
+                                        threads=torch.get_num_threads())
+            for r in peer_rows:
+                r.update(num_calib=n, num_test=n_test, top1_float=top1_float)
+                log.info("%s %s W8A8 n=%d: top-1 %.4f (float %.4f)", model_name, r["method"], n, r["top1"], top1_float)
+            rows += peer_rows
+            merge_rows(results, peer_rows)
     # Table 1 rows first (every method at every bit-width), the ablation after: an interrupted run
     # still has the main comparison.
     plan = [(n, b, m) for n in num_calib for b in bits for m in methods]
