@@ -34,6 +34,8 @@ CASES = {
     # peak memory of DeiT-Base with 128 images (calibration holds one block's data at a time, so the
     # peak does not grow with depth; compare deit-s-d6-32 with deit-s-32).
     "deit-s-d2-32": ("deit_small_patch16_224", 2, 32),
+    "deit-s-d2-64": ("deit_small_patch16_224", 2, 64),
+    "deit-s-d2-128": ("deit_small_patch16_224", 2, 128),
     "deit-b-d2-128": ("deit_base_patch16_224", 2, 128),
 }
 RESULTS = Path(__file__).parent / "results" / "calibration_speed.json"

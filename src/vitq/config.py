@@ -26,7 +26,8 @@ class QuantConfig:
         w_bits: weight bit-width (2..16) of every quantized Linear / Conv.
         a_bits: bit-width of every matmul input: Linear inputs and both operands of Q·K^T and attn·V.
         method: calibration recipe, see :mod:`vitq.methods` (``liu2021``, ``minmax``, ``percentile``,
-            ``easyquant``, ``mse``, and the ablations ``liu2021-sim``, ``liu2021-sim+rank``, ``liu2021-sim+bc``).
+            ``easyquant``, ``mse``, and the ablations ``liu2021-sim``, ``liu2021-sim+rank``, ``liu2021-sim+bc``;
+            ``mptq``, ``mptq-sqb``, ``mptq-optm``, ``ptq4vit``, ``repq-vit``: :mod:`vitq.methods.extended`).
         per_channel_weights: one weight interval per output channel instead of per tensor (the paper).
         quantize_head: also quantize the classification head (the paper lists W^E and the block weights
             only, so the default keeps the head in float).

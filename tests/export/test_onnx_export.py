@@ -4,7 +4,8 @@ Why ORT and the simulation are not bit-identical: both compute the same integer 
 rounding (checked bit for bit on single quantizers below), but the float parts between quantizers
 (LayerNorm, GELU, softmax, the Conv, float summation order; ORT's integer MatMuls are exact where
 torch sums floats) differ in the last bits, so an activation lying within an ulp of a rounding tie
-gets the neighbouring code. Such +-1 flips are rare at the first layers and grow with depth. The tests
+gets the neighbouring code. Such +-1 flips are rare at the first layers and grow with depth (on deep
+models they cascade; test_onnx_blockwise.py separates that from export errors). The tests
 therefore check codes per quantizer (first quantizer exact, any difference +-1 code, rare) and logits
 (almost all within one output step, error far below the quantization error).
 """

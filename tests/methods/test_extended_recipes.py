@@ -16,8 +16,8 @@ from vitq.quantizers.uniform import UniformQuantizer
 FAST = dict(num_candidates=25, max_iters=3)
 
 # Logits SQNR vs float (dB) measured on the tiny ViT, W8A8 / W4A4:
-#   liu2021 32.1 / 9.9, mptq 32.9 / 9.3, mptq-sqb 31.9 / 9.0, mptq-optm 32.1 / 11.0, ptq4vit 30.9 / 10.1,
-#   repq-vit 28.5 / 8.4.
+#   liu2021 32.1 / 9.9, mptq 32.8 / 9.1, mptq-sqb 31.6 / 10.5, mptq-optm 32.1 / 11.0, ptq4vit 30.9 / 10.1,
+#   repq-vit 28.3 / 8.4 (a random-init model: the W4A4 figures say little about the methods).
 W8A8_MIN_DB = {"mptq": 30.0, "mptq-sqb": 30.0, "mptq-optm": 30.0, "ptq4vit": 28.0, "repq-vit": 25.0}
 W4A4_MIN_DB = 6.0
 

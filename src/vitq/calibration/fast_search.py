@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from vitq.calibration.objectives import objective_sum
 from vitq.calibration.search import OpData, OpSearch
 from vitq.quantizers.kernels import codes_into, fake_quant_into
+from vitq.quantizers.uniform import UniformQuantizer
 
 # Largest statistics (bytes, float64) the moment path may hold for one op.
 MOMENT_BUDGET_BYTES = 768 << 20
@@ -79,7 +80,8 @@ class FastOpSearch(OpSearch):
             self.channel_dim = -1
         self.use_int = (
             HAS_INT_MM and self.is_linear and self.data.b_is_weight and self.data.a.device.type == "cpu"
-            and all(-128 <= q.qmin and q.qmax <= 127 for q in (self.qa, self.qb))
+            # integer codes of Eq. 8 only: other quantizers (two-region, log, ...) are evaluated in float
+            and all(type(q) is UniformQuantizer and -128 <= q.qmin and q.qmax <= 127 for q in (self.qa, self.qb))
         )
         if self.use_int:
             self.x2 = self.data.a.reshape(-1, self.data.a.shape[-1])  # (N*T, Cin), a view

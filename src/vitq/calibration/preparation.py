@@ -50,8 +50,11 @@ class UnitPreparation:
                                value_rows=self.config.sqb_proj, is_quantized=lambda m: isinstance(m, QuantOp))
             for r in recs:
                 r.norm = f"{name}.{r.norm}"
-                log.info("%s: %s -> %s%s", r.mode, r.norm, r.linears, "" if r.alpha is None else f", alpha={r.alpha}")
+                log.debug("%s: %s -> %s%s", r.mode, r.norm, r.linears, "" if r.alpha is None else f", alpha={r.alpha}")
             self.records += recs
+            if recs:
+                log.info("%s: %s folded into %d LayerNorm/attention groups%s", name, self.smoothing, len(recs),
+                         "" if recs[0].alpha is None else f" (alpha {[r.alpha for r in recs]})")
         if self.hessian:
             self._weights = output_grad_squares(self.model, self.batches, self.forward, unit_ops)
 

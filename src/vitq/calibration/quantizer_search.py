@@ -3,13 +3,14 @@
 :func:`extended_searcher` returns the op searcher class for one op. Ops whose quantizers are all
 uniform, under the Pearson / cosine / MSE objectives, keep the searcher they had
 (:class:`~vitq.calibration.search.OpSearch` or :class:`~vitq.calibration.fast_search.FastOpSearch`).
-Otherwise the op gets :class:`~vitq.calibration.search.OpSearch` (its plain evaluation of
-``loss(a_q, b_q)``, so no fast path has to know about other quantizers or objectives) with
-:class:`ExtendedSearchMixin`: an operand whose quantizer is a
+Otherwise :class:`ExtendedSearchMixin` is mixed in: an operand whose quantizer is a
 :class:`~vitq.quantizers.base.SearchableQuantizer` is searched by the quantizer's own ``search``,
-scored by the same objective, the other operand quantized as it stands; a uniform operand is searched
-over the usual grid, coarse-to-fine when the config asks for the fast search and exhaustively
-otherwise. The alternating W/X rounds, bias correction and the ranking loss are unchanged.
+scored by the same objective, the other operand quantized as it stands; a uniform operand keeps the
+base searcher's grid search. With the fast search the base is ``FastOpSearch`` (its exact moment
+search of weight intervals works with any input quantizer) minus its integer-GEMM path, which
+assumes uniform codes; the Hessian objective, which no fast path knows, runs on ``OpSearch``'s plain
+evaluation, coarse-to-fine when the fast search is asked for. The alternating W/X rounds, bias
+correction and the ranking loss are unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from functools import cache
 
 import torch
 
+from vitq.calibration.fast_search import FastOpSearch
 from vitq.calibration.hessian import HessianLossMixin
 from vitq.calibration.search import OpSearch
 from vitq.quantizers.base import SearchableQuantizer, coarse_to_fine
@@ -31,6 +33,8 @@ class ExtendedSearchMixin:
 
     def search_operand(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
         q, other_q = (self.qa, self.qb) if which == 0 else (self.qb, self.qa)
+        if not isinstance(q, SearchableQuantizer) and isinstance(self, FastOpSearch):
+            return super().search_operand(which, base, current_loss, num_candidates)
         x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
         other_fq = other_q.fake_quant_with(other, other_q.scale)
         if which == 0:
@@ -50,9 +54,20 @@ class ExtendedSearchMixin:
         return current_loss
 
 
+class _FloatEvaluation:
+    """Keeps ``FastOpSearch`` off its integer-GEMM path (uniform codes only): ``use_int`` is always False."""
+
+    use_int = property(lambda self: False, lambda self, value: None)
+
+
 @cache
 def _compose(hessian: bool, fast: bool) -> type[OpSearch]:
-    bases = (HessianLossMixin, ExtendedSearchMixin, OpSearch) if hessian else (ExtendedSearchMixin, OpSearch)
+    if hessian:
+        bases = (HessianLossMixin, ExtendedSearchMixin, OpSearch)
+    elif fast:
+        bases = (ExtendedSearchMixin, _FloatEvaluation, FastOpSearch)
+    else:
+        bases = (ExtendedSearchMixin, OpSearch)
     name = ("Hessian" if hessian else "") + ("Fast" if fast else "") + "ExtendedOpSearch"
     return type(name, bases, {"fast": fast})
 

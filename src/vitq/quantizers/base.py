@@ -15,7 +15,8 @@ protocol, the same attributes the uniform quantizer has plus a search over its o
   scored by ``loss_fn(x_q)`` (the op's calibration objective on its output), keep the best only if it
   is strictly better than ``current_loss``, and return the loss now in force.
 - ``levels()``: every value the quantizer can output in its current state (tests, documentation).
-- ``qmax``: top code of the main interval (code that rescales ranges between bit-widths uses it).
+- ``qmin``, ``qmax``: lowest and top code of the main interval (code that rescales ranges
+  between bit-widths uses them).
 
 The calibration engine calls ``search`` wherever it would search a uniform interval
 (:mod:`vitq.calibration.quantizer_search`); ONNX QDQ export accepts uniform quantizers only.
@@ -77,6 +78,11 @@ class SearchableQuantizer(nn.Module):
     @property
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1
+
+    @property
+    def qmin(self) -> int:
+        """Lowest integer code (0 for the unsigned codes of log and affine quantizers)."""
+        return -(2 ** (self.bits - 1)) if self.qmax == 2 ** (self.bits - 1) - 1 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

@@ -17,6 +17,11 @@ Integer (export) form: a signed b-bit code q; dequantization multiplies by Delta
 Delta- when q < 0. With m = 2^k the negative branch is (q * Delta+) >> k, so requantization needs one
 integer multiplier and a sign-selected shift. The quantizer has at most 2^b distinct values.
 
+Measured on GELU-shaped data (``tests/quantizers/test_two_region.py``), fc2-output error against one
+symmetric interval: 1.17x lower at 4 bits, 1.9x at 6 bits. At 4 bits an *unsigned* uniform quantizer
+(all 16 codes on x >= 0, negatives to 0) is 2x lower still, since the sign split spends half its codes
+on [-0.17, 0); at 6 bits the split beats it by 2x.
+
 :class:`TwinUniformQuantizer` splits by **magnitude** (post-softmax attention maps, x in [0, 1]),
 PTQ4ViT's twin uniform quantization: region R1 = [0, 2^(b-1) Delta_R1) with a fine interval, region
 R2 with Delta_R2 = 2^k Delta_R1; each region a (b-1)-bit unsigned code, plus one region bit:

@@ -21,7 +21,8 @@ methods differ only in how they choose z and s (:func:`fold_norm_into_linears` d
   r * (min_j / r_j - min~) (:func:`repq_factors`).
 
 alpha is searched per LayerNorm on the calibration data over a small grid, keeping the alpha with the
-lowest quantized-output error of the Linear layers it feeds (:func:`choose_alpha`). Optionally the
+lowest quantized-output error of the Linear layers it feeds (:func:`choose_alpha`), over
+:data:`DEFAULT_ALPHAS`. Optionally the
 attention output projection is smoothed the same way through the V rows of qkv
 (:func:`fold_into_value_rows`): softmax rows sum to 1, so a per-channel shift and scale of V pass
 through attn @ V unchanged.
@@ -46,8 +47,9 @@ from vitq.transforms.tracing import trace_consumers
 
 log = logging.getLogger(__name__)
 
-#: alpha grid of the SQ-b / SmoothQuant search (the design's "0.3 to 0.8")
-DEFAULT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: alpha grid of the SQ-b / SmoothQuant search: the design's "0.3 to 0.8" extended down to 0, since on
+#: fmnist-vit at W4A4 the per-LayerNorm optimum lies at 0.0-0.3
+DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: activation clipping factors tried for each alpha (the later interval search clips too)
 _CLIPS = (1.0, 0.8, 0.6)
 #: tokens used to score alpha candidates
