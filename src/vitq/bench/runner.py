@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import vitq
 from vitq.bench.results import merge_rows
-from vitq.bench.tables import table1, table3
+from vitq.bench.tables import table1, table3, table_compare, table_mp
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
@@ -136,6 +136,8 @@ def write_tables(results: Path, model_name: str) -> Path:
     cmds = sorted({r["command"] for r in rows if r["model"] == model_name})
     text = (f"# {model_name}: Liu et al. (2021) Table 1 and Table 3 layouts\n\nMade by:\n\n"
             + "\n".join(f"    {c}" for c in cmds) + "\n\n## Table 1: methods x bit-widths\n" + table1(rows, model_name)
-            + "\n\n## Table 3: ablation\n" + table3(rows, model_name) + "\n")
+            + "\n\n## Table 3: ablation\n" + table3(rows, model_name)
+            + "\n\n## All methods: ours, MPTQ-ViT and the peers (variants marked)\n" + table_compare(rows, model_name)
+            + "\n\n## Mixed precision vs uniform at the same size\n" + table_mp(rows, model_name) + "\n")
     atomic_write_text(md, text)
     return md

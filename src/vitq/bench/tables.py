@@ -12,13 +12,36 @@ ABLATION = (("liu2021-sim", "yes", "", ""), ("liu2021-sim+rank", "yes", "yes", "
             ("liu2021-sim+bc", "yes", "", "yes"), ("liu2021", "yes", "yes", "yes"))
 
 
+VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized")
+COMPARE_METHODS = ("minmax", "percentile", "easyquant", "liu2021", "mptq", "mptq-sqb", "mptq-optm", "ptq4vit",
+                   "repq-vit", "ort-minmax", "ort-percentile", "ort-entropy")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def is_plain(row: dict) -> bool:
+    """A row of a recipe as named: not a variant (extra quantizer flags) nor a reference-search rerun."""
+    if row.get("search", "fast") != "fast" or row.get("fully_quantized"):
+        return False
+    if row["method"].startswith(("mptq", "ptq4vit", "repq")):  # their own quantizers are the recipe
+        return not (row["method"].startswith("mptq") and row.get("post_softmax"))
+    return not any(row.get(k) for k in VARIANT_FIELDS)
+
+
+def _variant_label(row: dict) -> str:
+    label = METHOD_LABELS.get(row["method"], row["method"])
+    if row.get("post_softmax") and not row["method"].startswith(("ptq4vit", "repq")):  # theirs by recipe
+        label += f" + {row['post_softmax']} softmax quantizer"
+    if row.get("fully_quantized"):
+        label += ", fully quantized"
+    return label
+
+
 def table1(rows: list[dict], model: str) -> str:
     """Methods by W/A bits, one block per calibration size: top-1 (%), drop, size (MB), calibration s."""
-    rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision")]
+    rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision") and is_plain(r)]
     out = []
     fl = next((r for r in rows if r["method"] == "float"), None)
     for n_calib in sorted({r["num_calib"] for r in rows if r["method"] != "float"}):
@@ -36,7 +59,7 @@ def table1(rows: list[dict], model: str) -> str:
 
 def table3(rows: list[dict], model: str) -> str:
     """The ablation: similarity, ranking, bias correction, per bit-width."""
-    rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision")]
+    rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision") and is_plain(r)]
     out = []
     for n_calib in sorted({r["num_calib"] for r in rows if r["method"] in dict((a[0], 1) for a in ABLATION)}):
         bits = sorted({(r["w_bits"], r["a_bits"]) for r in rows if r["num_calib"] == n_calib and r["method"] == "liu2021"},
@@ -51,4 +74,46 @@ def table3(rows: list[dict], model: str) -> str:
                           and (r["w_bits"], r["a_bits"]) == (w, a)), None)
                 cells.append(_pct(r["top1"]) if r else "-")
             out.append(f"| {sim} | {rank} | {bc} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def table_compare(rows: list[dict], model: str) -> str:
+    """Every method (ours, MPTQ-ViT, the peers, their variants) by bit-width: top-1 (%) and calibration s."""
+    rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision") and r["method"] != "float"
+            and r.get("search", "fast") == "fast"
+            and (r["method"] in COMPARE_METHODS or any(r.get(k) for k in VARIANT_FIELDS))]
+    out = []
+    for n_calib in sorted({r["num_calib"] for r in rows}):
+        sel = [r for r in rows if r["num_calib"] == n_calib]
+        bits = sorted({(r["w_bits"], r["a_bits"]) for r in sel}, reverse=True)
+        labels = []
+        for r in sorted(sel, key=lambda r: (COMPARE_METHODS.index(r["method"]) if r["method"] in COMPARE_METHODS
+                                            else len(COMPARE_METHODS), _variant_label(r))):
+            if _variant_label(r) not in labels:
+                labels.append(_variant_label(r))
+        out.append(f"\n**{model}**, {n_calib} calibration images: top-1 (%) / calibration seconds")
+        out.append("\n| Method | " + " | ".join(f"W{w}A{a}" for w, a in bits) + " |")
+        out.append("|---|" + "---|" * len(bits))
+        for label in labels:
+            cells = []
+            for w, a in bits:
+                r = next((r for r in sel if _variant_label(r) == label and (r["w_bits"], r["a_bits"]) == (w, a)), None)
+                cells.append(f"{_pct(r['top1'])} / {r['calib_seconds']:.0f}" if r else "-")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def table_mp(rows: list[dict], model: str) -> str:
+    """Mixed precision at the size of uniform b bits against uniform b bits (Liu et al. Table 4 layout)."""
+    mp = [r for r in rows if r["model"] == model and r.get("mixed_precision")]
+    if not mp:
+        return "\n(no mixed-precision rows)"
+    out = ["\n| Allocation | Calibration | Budget (MB) | Size (MB) | Top-1 (%) | Uniform top-1 (%) | Search (s) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in sorted(mp, key=lambda r: (-r["budget_mb"], r["method"], r.get("mp_method", ""))):
+        uni = next((u for u in rows if u["model"] == model and not u.get("mixed_precision") and is_plain(u)
+                    and u["method"] == r["method"] and u["num_calib"] == r["num_calib"]
+                    and abs(u["size_mb"] - r["budget_mb"]) <= 1e-3 * r["budget_mb"]), None)
+        out.append(f"| {r.get('mp_method')} | {r['method']} | {r['budget_mb']:.4f} | {r['size_mb']:.4f} | "
+                   f"{_pct(r['top1'])} | {_pct(uni['top1']) if uni else '-'} | {r.get('search_seconds', 0):.1f} |")
     return "\n".join(out)

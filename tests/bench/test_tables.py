@@ -1,0 +1,27 @@
+from vitq.bench.tables import table1, table_compare, table_mp
+
+
+def _row(method, bits, top1, **kw):
+    return {"model": "m", "method": method, "w_bits": bits, "a_bits": bits, "mixed_precision": False, "top1": top1,
+            "top1_float": 0.9, "size_mb": bits / 10, "calib_seconds": 1.0, "num_calib": 32, "num_test": 100,
+            "command": "c", **kw}
+
+
+def test_variants_stay_out_of_table1_and_are_labelled_in_the_comparison():
+    rows = [_row("float", 32, 0.9, num_calib=0), _row("liu2021", 4, 0.80), _row("liu2021", 4, 0.85, post_softmax="two_region"),
+            _row("mptq", 4, 0.82, smoothing="sqb", post_gelu="optm"), _row("ptq4vit", 4, 0.83, post_softmax="ptq4vit"),
+            _row("liu2021", 4, 0.70, search="reference")]
+    t1 = table1(rows, "m")
+    assert t1.count("| Liu et al. (ours) | 4 | 4 |") == 1 and "| 80.00 |" in t1
+    tc = table_compare(rows, "m")
+    assert "| Liu et al. (ours) | 80.00 / 1 |" in tc
+    assert "| Liu et al. (ours) + two_region softmax quantizer | 85.00 / 1 |" in tc
+    assert "| mptq | 82.00 / 1 |" in tc and "| ptq4vit | 83.00 / 1 |" in tc
+    assert "70.00" not in tc  # reference-search reruns are not a method of their own
+
+
+def test_mixed_precision_rows_meet_the_uniform_row_of_the_same_size():
+    rows = [_row("liu2021", 6, 0.88), _row("liu2021", 6, 0.89, mixed_precision=True, mp_method="hessian", budget_mb=0.6,
+                                            search_seconds=2.0)]
+    t = table_mp(rows, "m")
+    assert "| hessian | liu2021 | 0.6000 | 0.6000 | 89.00 | 88.00 | 2.0 |" in t
