@@ -24,6 +24,12 @@ def make_tiny_vit(seed: int = 0, **overrides):
     return create_model("timm:vit_tiny_patch16_224", **kwargs)
 
 
+# The same tiny ViT (3 classes) built by the CLI from --model-arg flags, for CLI tests.
+TINY_VIT_CLI_ARGS = ["--model", "timm:vit_tiny_patch16_224", "--model-arg", "img_size=32", "--model-arg", "patch_size=8",
+                     "--model-arg", "embed_dim=48", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
+                     "--model-arg", "num_classes=3"]
+
+
 @pytest.fixture
 def tiny_vit():
     return make_tiny_vit()

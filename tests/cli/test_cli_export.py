@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_vit
+from conftest import TINY_VIT_CLI_ARGS, make_tiny_vit
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -12,9 +12,7 @@ from vitq.cli import main
 
 pytest.importorskip("onnxruntime")
 
-MODEL_ARGS = ["--model", "timm:vit_tiny_patch16_224", "--model-arg", "img_size=32", "--model-arg", "patch_size=8",
-              "--model-arg", "embed_dim=48", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
-              "--model-arg", "num_classes=3"]
+MODEL_ARGS = TINY_VIT_CLI_ARGS
 
 
 @pytest.fixture
