@@ -96,7 +96,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
         for n in num_calib:
             calib = load_images(bm.calib, dc, num=n, seed=seed)
             peer_rows = ort_static_rows(model_name, model, calib.images, test.images, test.labels, command=command,
-                                        threads=torch.get_num_threads())
+                                        threads=torch.get_num_threads(), reference_logits=ref)
             for r in peer_rows:
                 r.update(num_calib=n, num_test=n_test, top1_float=top1_float)
                 log.info("%s %s W8A8 n=%d: top-1 %.4f (float %.4f)", model_name, r["method"], n, r["top1"], top1_float)

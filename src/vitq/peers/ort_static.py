@@ -107,14 +107,16 @@ def ort_quantize_static(float_onnx: str | Path, out: str | Path, calib_images: t
 @torch.no_grad()
 def run_ort_static(model: nn.Module, calib_images: torch.Tensor, test_images: torch.Tensor,
                    labels: torch.Tensor | None, calibrator: str = "minmax", *, threads: int = 2,
-                   quantize_head: bool = False, batch_size: int = 32, workdir: str | Path | None = None) -> dict:
+                   quantize_head: bool = False, batch_size: int = 32, workdir: str | Path | None = None,
+                   reference_logits: torch.Tensor | None = None) -> dict:
     """Quantize ``model`` with ORT's static PTQ and evaluate it in ORT.
 
     Returns:
         ``method`` (``ort-<calibrator>``), ``top1`` / ``top1_float`` (None without labels), ``agreement``
         with the float model, ``calib_seconds`` (quantize_static: calibration and quantization),
         ``file_mb`` of the quantized ONNX, ``img_s`` (ORT, ``threads`` threads, batches of ``batch_size``),
-        ``num_calib``, ``num_test`` and ``logits`` (the ORT outputs).
+        ``num_calib``, ``num_test`` and ``logits`` (the ORT outputs). ``reference_logits``: the float
+        model's logits on ``test_images`` when the caller has them (otherwise computed here).
     """
     from vitq.eval.metrics import agreement, predict, top1
     from vitq.export.onnx_export import export_float_onnx
@@ -132,7 +134,7 @@ def run_ort_static(model: nn.Module, calib_images: torch.Tensor, test_images: to
         logits = ort_model.predict(test_images, batch_size)
         img_s = test_images.shape[0] / (time.perf_counter() - t0)
         file_mb = q_path.stat().st_size / 1e6
-    ref = predict(model, test_images, batch_size=batch_size)
+    ref = reference_logits if reference_logits is not None else predict(model, test_images, batch_size=batch_size)
     res = {"method": f"ort-{calibrator}", "calibrator": calibrator, "agreement": agreement(logits, ref),
            "top1": top1(logits, labels) if labels is not None else None,
            "top1_float": top1(ref, labels) if labels is not None else None,
@@ -146,14 +148,16 @@ def run_ort_static(model: nn.Module, calib_images: torch.Tensor, test_images: to
 
 def ort_static_rows(model_name: str, model: nn.Module, calib_images: torch.Tensor, test_images: torch.Tensor,
                     labels: torch.Tensor | None, *, calibrators: tuple[str, ...] = CALIBRATORS, command: str = "",
-                    threads: int = 2, quantize_head: bool = False) -> list[dict]:
+                    threads: int = 2, quantize_head: bool = False,
+                    reference_logits: torch.Tensor | None = None) -> list[dict]:
     """Benchmark rows (the schema of :mod:`vitq.bench.results`) for ``ort-minmax``, ``ort-percentile``,
     ``ort-entropy`` at W8A8, ready for :func:`vitq.bench.results.merge_rows`."""
     import onnxruntime
 
     rows = []
     for c in calibrators:
-        res = run_ort_static(model, calib_images, test_images, labels, c, threads=threads, quantize_head=quantize_head)
+        res = run_ort_static(model, calib_images, test_images, labels, c, threads=threads, quantize_head=quantize_head,
+                             reference_logits=reference_logits)
         res.pop("logits")
         rows.append({"model": model_name, **res, "w_bits": 8, "a_bits": 8, "mixed_precision": False,
                      "size_mb": res["file_mb"], "command": command, "peer": "onnxruntime.quantization.quantize_static",
