@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from vitq.calibration.objectives import objective_sum
 from vitq.calibration.search import OpData, OpSearch
 from vitq.quantizers.kernels import codes_into, fake_quant_into
-from vitq.quantizers.uniform import UniformQuantizer
+from vitq.quantizers.uniform import UniformQuantizer, quantize
 
 # Largest statistics (bytes, float64) the moment path may hold for one op.
 MOMENT_BUDGET_BYTES = 768 << 20
@@ -130,7 +130,7 @@ class FastOpSearch(OpSearch):
 
     def _codes_w(self, scale: torch.Tensor) -> torch.Tensor:
         q, w = self.qb, self.data.b
-        return torch.div(w, q.broadcast_scale(w, scale)).round_().clamp_(q.qmin, q.qmax).to(torch.int8)
+        return quantize(w, q.broadcast_scale(w, scale), q.bits, q.signed).to(torch.int8)
 
     def _int_loss(self, xc: torch.Tensor, wc: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> float:
         """The objective of the op's output ``int32(C_X C_W^T) * Delta_X * Delta_W + b``."""

@@ -69,22 +69,22 @@ def _kernels():
     return _state["compiled"]
 
 
-def fake_quant_into(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor) -> torch.Tensor:
-    """``out = clamp(round(x / scale), qmin, qmax) * scale``; ``scale`` broadcasts against ``x``."""
+def _run(which: int, eager, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor):
     k = _kernels()
     if not k or x.device.type != "cpu" or x.requires_grad:
-        return _eager_fake_quant_into(x, scale, qmin, qmax, out)
-    k[0](x, scale, qmin, qmax, out)
+        return eager(x, scale, qmin, qmax, out)
+    k[which](x, scale, qmin, qmax, out)
     return out
+
+
+def fake_quant_into(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor) -> torch.Tensor:
+    """``out = clamp(round(x / scale), qmin, qmax) * scale``; ``scale`` broadcasts against ``x``."""
+    return _run(0, _eager_fake_quant_into, x, scale, qmin, qmax, out)
 
 
 def codes_into(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor) -> torch.Tensor:
     """``out = clamp(round(x / scale), qmin, qmax)`` in ``out``'s dtype (e.g. int8)."""
-    k = _kernels()
-    if not k or x.device.type != "cpu" or x.requires_grad:
-        return _eager_codes_into(x, scale, qmin, qmax, out)
-    k[1](x, scale, qmin, qmax, out)
-    return out
+    return _run(1, _eager_codes_into, x, scale, qmin, qmax, out)
 
 
 def reset() -> None:

@@ -41,6 +41,18 @@ def _capture(modules: dict[str, nn.Module], store: dict[str, list[torch.Tensor]]
     return [m.register_forward_hook(hook(n)) for n, m in modules.items()]
 
 
+def _outputs_of(model: nn.Module, modules: dict[str, nn.Module], forward, batch: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The outputs of ``modules`` during one forward of ``model`` on ``batch``."""
+    out: dict[str, list[torch.Tensor]] = {}
+    handles = _capture(modules, out)
+    try:
+        forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 @torch.no_grad()
 def layer_sqnr(float_model: nn.Module, qmodel: nn.Module, images: torch.Tensor, *,
                batch_size: int = 4) -> dict[str, float]:
@@ -73,20 +85,8 @@ def layer_sqnr(float_model: nn.Module, qmodel: nn.Module, images: torch.Tensor, 
     ref.eval()
     for batch in images.split(batch_size):
         batch = batch.to(device)
-        r_out: dict[str, list[torch.Tensor]] = {}
-        q_out: dict[str, list[torch.Tensor]] = {}
-        handles = _capture({n: ref_mods[n] for n in names}, r_out)
-        try:
-            info.forward(ref, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        handles = _capture({n: q_ops[n] for n in names}, q_out)
-        try:
-            info.forward(qmodel, batch)
-        finally:
-            for h in handles:
-                h.remove()
+        r_out = _outputs_of(ref, {n: ref_mods[n] for n in names}, info.forward, batch)
+        q_out = _outputs_of(qmodel, {n: q_ops[n] for n in names}, info.forward, batch)
         for n in names:
             rs, qs = r_out.get(n, []), q_out.get(n, [])
             if not rs or len(rs) != len(qs):
