@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--peers", action="store_true",
-                   help="also ONNX Runtime's quantize_static (MinMax, Percentile, Entropy) at W8A8; the PTQ4ViT and "
-                        "RepQ-ViT recipes run through --methods ptq4vit repq-vit")
+                   help="the whole comparison in one command: adds the mptq, ptq4vit and repq-vit recipes to the "
+                        "methods at every --bits, and ONNX Runtime's quantize_static (MinMax, Percentile, Entropy) "
+                        "at W8A8")
     from vitq.methods.extended_cli import add_extended_args
 
     add_extended_args(b)  # MPTQ-ViT flags for every bench run (--sqb, --optm, --fully-quantized, ...)
@@ -116,14 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _extended_overrides(args: argparse.Namespace) -> dict:
-    from vitq.methods.extended_cli import extended_config_fields
-
-    return {k: v for k, v in extended_config_fields(args).items() if v is not None}
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from vitq.bench.runner import TABLE1_METHODS, run_bench
+    from vitq.methods.extended_cli import extended_overrides
 
     if args.mp:
         from vitq.mp.cli import cmd_bench_mp
@@ -133,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
                   ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
                   num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
-                  seed=args.seed, search=args.search, config_overrides=_extended_overrides(args),
+                  seed=args.seed, search=args.search, config_overrides=extended_overrides(args),
                   peers=args.peers)
         print(f"wrote {args.out}/{name}.json and {name}.md")
     return 0

@@ -44,11 +44,15 @@ def test_merge_replaces_same_key_and_keeps_others(tmp_path):
         merge_rows(tmp_path / "r.json", [{"model": "m"}])
 
 
-def test_bench_peers_adds_onnx_runtime_rows(tmp_path, tiny_bench):
+def test_bench_peers_adds_onnx_runtime_rows_and_the_peer_recipes(tmp_path, tiny_bench):
     pytest.importorskip("onnxruntime")
     runner.run_bench("tiny", bits=(8,), methods=("minmax",), ablation=False, num_calib=(8,), num_test=40,
                      out_dir=tmp_path, command="vitq bench --peers", peers=True)
     rows = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"float", "minmax", *runner.PEER_METHODS, "ort-minmax", "ort-percentile",
+                                           "ort-entropy"}  # one command, the whole comparison
+    assert runner.with_peer_methods(("minmax", "ptq4vit")) == ("minmax", "ptq4vit", "mptq", "repq-vit")
+    assert "Made by one command" in (tmp_path / "tiny.md").read_text()
     ort = {r["method"]: r for r in rows if r["method"].startswith("ort-")}
     assert set(ort) == {"ort-minmax", "ort-percentile", "ort-entropy"}
     mm = next(r for r in rows if r["method"] == "minmax")
@@ -57,3 +61,4 @@ def test_bench_peers_adds_onnx_runtime_rows(tmp_path, tiny_bench):
         assert r["num_calib"] == 8 and r["num_test"] == 40 and r["w_bits"] == r["a_bits"] == 8
         assert r["top1_float"] == mm["top1_float"]
         assert r["agreement"] > 0.8  # W8A8 of a 1-block model: ORT's int8 keeps almost every prediction
+

@@ -15,9 +15,21 @@ def test_variants_stay_out_of_table1_and_are_labelled_in_the_comparison():
     assert t1.count("| Liu et al. (ours) | 4 | 4 |") == 1 and "| 80.00 |" in t1
     tc = table_compare(rows, "m")
     assert "| Liu et al. (ours) | 80.00 / 1 |" in tc
-    assert "| Liu et al. (ours) + two_region softmax quantizer | 85.00 / 1 |" in tc
     assert "| mptq | 82.00 / 1 |" in tc and "| ptq4vit | 83.00 / 1 |" in tc
-    assert "70.00" not in tc  # reference-search reruns are not a method of their own
+    assert "two_region" not in tc and "Made by one command" in tc  # variants go to their own table
+    tv = table_compare(rows, "m", variants=True)
+    assert "| Liu et al. (ours) + two_region softmax quantizer | 85.00 / 1 |" in tv and "| mptq |" not in tv
+    assert "70.00" not in tc + tv  # reference-search reruns are not a method of their own
+
+
+def test_comparison_names_the_commands_of_its_rows():
+    rows = [_row("liu2021", 4, 0.80, command="vitq bench --peers"), _row("ptq4vit", 4, 0.83, command="vitq bench --peers"),
+            _row("mptq-sqb", 4, 0.81, smoothing="sqb", command="vitq bench --methods mptq-sqb")]
+    tc = table_compare(rows, "m")
+    assert "Made by one command" in tc and "    vitq bench --peers" in tc and "mptq-sqb" not in tc
+    rows.append(_row("repq-vit", 6, 0.85, command="vitq bench --bits 6"))
+    assert "Made by 2 commands" in table_compare(rows, "m")
+    assert "| mptq-sqb | 81.00 / 1 |" in table_compare(rows, "m", variants=True)
 
 
 def test_mixed_precision_rows_meet_the_uniform_row_of_the_same_size():

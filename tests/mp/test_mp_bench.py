@@ -47,3 +47,15 @@ def test_explicit_budget_rows_report_their_gap(tmp_path):
     assert u4 < row["size_mb"] <= row["budget_mb"]
     gap = (row["budget_mb"] - row["size_mb"]) / row["budget_mb"]
     assert row["budget_gap_pct"] == round(100 * gap, 3) and row["within_1pct"] == (gap <= 0.01)
+
+
+def test_fully_quantized_mp_rows_carry_the_flag_and_keep_the_plain_rows(tmp_path):
+    kw = dict(mp_methods=("nuclear",), bits=(5,), method="minmax", num_calib=8, num_test=40, out_dir=tmp_path,
+              command="test", model=tiny_gray_vit())
+    plain = run_mp_rows("fmnist-vit", **kw)
+    fq = run_mp_rows("fmnist-vit", **kw, config_overrides={"fully_quantized": True})
+    assert all(r.get("fully_quantized") is True for r in fq) and not any(r.get("fully_quantized") for r in plain)
+    # Quantizing the LayerNorm inputs and the softmax outputs too changes the predictions' logits.
+    assert all(f["logits_sqnr_db"] != p["logits_sqnr_db"] for f, p in zip(fq, plain))
+    saved = json.loads((tmp_path / "fmnist-vit.json").read_text())["rows"]
+    assert len(saved) == 4  # uniform + MP rows of both settings: the flag is part of the row key

@@ -27,6 +27,7 @@ from vitq.data.sources import load_images
 from vitq.errors import ConfigError
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
+from vitq.methods.extended import recipe_flags
 from vitq.models.loading import create_model, model_data_config
 from vitq.mp.probe import CHEAP_INITS
 from vitq.mp.search import MP_METHODS, search_plan
@@ -67,13 +68,16 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
                 method: str = "liu2021", num_calib: int = 32, num_test: int | None = None,
                 out_dir: str | Path | None = "benchmarks/results", seed: int = 0, search: str = "fast",
                 candidates: Sequence[int] | None = None, granularity: str = "module", uniform: bool = True,
-                budgets_mb: Sequence[float] = (), command: str | None = None, model=None) -> list[dict]:
+                budgets_mb: Sequence[float] = (), command: str | None = None, model=None,
+                config_overrides: dict | None = None) -> list[dict]:
     """Mixed-precision benchmark rows for one model; merged into ``<out_dir>/<model_name>.json`` when
     ``out_dir`` is given (with a ``<model_name>-mp.md`` table). ``model`` overrides the bench model (tests).
 
     Each of ``bits`` gives a budget equal to the uniform model's size (plus a uniform row unless
     ``uniform=False``); each of ``budgets_mb`` an explicit budget, searched around (and with the
     ``w_bits``/``a_bits`` of) the largest uniform bit-width that fits it, with no uniform row.
+    ``config_overrides`` adds QuantConfig fields to every calibration (e.g. ``{"fully_quantized": True}``
+    for the "5-bit MP, fully quantized" setting of MPTQ-ViT); the rows carry them as in ``vitq bench``.
     """
     if model_name not in BENCH_MODELS:
         raise ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
@@ -101,13 +105,14 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
 
     targets = [(b, None) for b in bits] + [(_bits_under(model, mb), mb) for mb in budgets_mb]
     for b, budget_mb in targets:
-        cfg = dict(w_bits=b, a_bits=b, method=method, seed=seed, search=search)
+        cfg = dict(w_bits=b, a_bits=b, method=method, seed=seed, search=search, **(config_overrides or {}))
+        flags = recipe_flags(vitq.QuantConfig(**cfg))  # smoothing / quantizer choices: part of the row key
         if uniform and budget_mb is None:
             q = vitq.quantize(model, vitq.QuantConfig(**cfg))
             rep = vitq.calibrate(q, calib.images, progress=False)
             vitq.freeze(q)
             row = {**base, "w_bits": b, "a_bits": b, "mixed_precision": False, "size_mb": model_size_mb(q),
-                   "calib_seconds": round(rep.seconds, 2), **_evaluate(q, test, ref)}
+                   "calib_seconds": round(rep.seconds, 2), **flags, **_evaluate(q, test, ref)}
             log.info("%s uniform W%dA%d %s: top-1 %.4f, %.4f MB", model_name, b, b, method, row["top1"], row["size_mb"])
             record(row)
         for mp in mp_methods:
@@ -125,7 +130,7 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
                    "budget_gap_pct": round(100 * gap, 3), "within_1pct": 0 <= gap <= BUDGET_TOLERANCE,
                    "search_seconds": round(res.seconds, 2), "calib_seconds": round(rep.seconds, 2),
                    "candidates": res.candidates, "granularity": granularity, "search_init": init,
-                   "unit_bits": res.unit_bits,
+                   "unit_bits": res.unit_bits, **flags,
                    **_evaluate(q, test, ref)}
             if not row["within_1pct"]:
                 log.warning("%s %s MP at %d bits: size %.4f MB is %.2f%% below the budget %.4f MB (not within %.0f%%)",

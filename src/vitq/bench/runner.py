@@ -48,6 +48,14 @@ BENCH_MODELS = {
 }
 TABLE1_METHODS = ("minmax", "percentile", "easyquant", "mse", "liu2021")
 ABLATION_METHODS = ("liu2021-sim", "liu2021-sim+rank", "liu2021-sim+bc")
+# What ``--peers`` adds to the methods, so that one command makes the whole comparison table: MPTQ-ViT
+# (our second method) and the two research peers as vitq recipes; ONNX Runtime's own PTQ runs beside them.
+PEER_METHODS = ("mptq", "ptq4vit", "repq-vit")
+
+
+def with_peer_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``methods`` followed by the :data:`PEER_METHODS` it lacks (order kept, no duplicates)."""
+    return tuple(methods) + tuple(m for m in PEER_METHODS if m not in methods)
 
 
 def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
@@ -68,11 +76,13 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
 
     ``config_overrides`` adds QuantConfig fields to every run (e.g. ``{"fully_quantized": True}``).
     ``peers`` adds ONNX Runtime's own static quantization (W8A8, its three calibrators) on the same
-    calibration and test images.
+    calibration and test images, and the :data:`PEER_METHODS` recipes at every bit-width.
     """
     if model_name not in BENCH_MODELS:
         raise vitq.errors.ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
     bm = BENCH_MODELS[model_name]
+    if peers:
+        methods = with_peer_methods(methods)
     command = command or "vitq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out_dir = Path(out_dir)
     results = out_dir / f"{model_name}.json"
@@ -137,7 +147,8 @@ def write_tables(results: Path, model_name: str) -> Path:
     text = (f"# {model_name}: Liu et al. (2021) Table 1 and Table 3 layouts\n\nMade by:\n\n"
             + "\n".join(f"    {c}" for c in cmds) + "\n\n## Table 1: methods x bit-widths\n" + table1(rows, model_name)
             + "\n\n## Table 3: ablation\n" + table3(rows, model_name)
-            + "\n\n## All methods: ours, MPTQ-ViT and the peers (variants marked)\n" + table_compare(rows, model_name)
+            + "\n\n## Ours, MPTQ-ViT and the peers (`vitq bench --peers`)\n" + table_compare(rows, model_name)
+            + "\n\n## MPTQ-ViT's parts and other variants\n" + table_compare(rows, model_name, variants=True)
             + "\n\n## Mixed precision vs uniform at the same size\n" + table_mp(rows, model_name) + "\n")
     atomic_write_text(md, text)
     return md

@@ -15,6 +15,8 @@ ABLATION = (("liu2021-sim", "yes", "", ""), ("liu2021-sim+rank", "yes", "yes", "
 VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized")
 COMPARE_METHODS = ("minmax", "percentile", "easyquant", "liu2021", "mptq", "mptq-sqb", "mptq-optm", "ptq4vit",
                    "repq-vit", "ort-minmax", "ort-percentile", "ort-entropy")
+# The comparison proper: what ``vitq bench --peers`` runs (MPTQ-ViT's parts go with the variants).
+MAIN_COMPARE_METHODS = tuple(m for m in COMPARE_METHODS if m not in ("mptq-sqb", "mptq-optm"))
 
 
 def _pct(x: float | None) -> str:
@@ -77,11 +79,21 @@ def table3(rows: list[dict], model: str) -> str:
     return "\n".join(out)
 
 
-def table_compare(rows: list[dict], model: str) -> str:
-    """Every method (ours, MPTQ-ViT, the peers, their variants) by bit-width: top-1 (%) and calibration s."""
+def table_compare(rows: list[dict], model: str, variants: bool = False) -> str:
+    """Methods by bit-width: top-1 (%) and calibration seconds, with the commands that made the rows.
+
+    ``variants=False``: the comparison proper, each recipe as named (ours, MPTQ-ViT, the peers, ONNX
+    Runtime), which ``vitq bench --peers`` makes in one command. ``variants=True``: everything else at
+    uniform precision: MPTQ-ViT's parts (``mptq-sqb``, ``mptq-optm``), extra quantizer flags and the
+    fully-quantized setting.
+    """
     rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision") and r["method"] != "float"
             and r.get("search", "fast") == "fast"
             and (r["method"] in COMPARE_METHODS or any(r.get(k) for k in VARIANT_FIELDS))]
+    if variants:
+        rows = [r for r in rows if not is_plain(r) or r["method"] not in MAIN_COMPARE_METHODS]
+    else:
+        rows = [r for r in rows if is_plain(r) and r["method"] in MAIN_COMPARE_METHODS]
     out = []
     for n_calib in sorted({r["num_calib"] for r in rows}):
         sel = [r for r in rows if r["num_calib"] == n_calib]
@@ -91,7 +103,10 @@ def table_compare(rows: list[dict], model: str) -> str:
                                             else len(COMPARE_METHODS), _variant_label(r))):
             if _variant_label(r) not in labels:
                 labels.append(_variant_label(r))
-        out.append(f"\n**{model}**, {n_calib} calibration images: top-1 (%) / calibration seconds")
+        cmds = sorted({r["command"] for r in sel})
+        out.append(f"\n**{model}**, {n_calib} calibration images: top-1 (%) / calibration seconds. Made by "
+                   + ("one command" if len(cmds) == 1 else f"{len(cmds)} commands") + ":\n")
+        out += [f"    {c}" for c in cmds]
         out.append("\n| Method | " + " | ".join(f"W{w}A{a}" for w, a in bits) + " |")
         out.append("|---|" + "---|" * len(bits))
         for label in labels:
@@ -100,7 +115,7 @@ def table_compare(rows: list[dict], model: str) -> str:
                 r = next((r for r in sel if _variant_label(r) == label and (r["w_bits"], r["a_bits"]) == (w, a)), None)
                 cells.append(f"{_pct(r['top1'])} / {r['calib_seconds']:.0f}" if r else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    return "\n".join(out) if out else "\n(no rows)"
 
 
 def table_mp(rows: list[dict], model: str) -> str:

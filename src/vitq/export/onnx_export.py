@@ -137,23 +137,28 @@ def _weight_dq(name: str, producers: dict, inits: dict):
 
 
 def _fold_weight_transposes(graph) -> int:
-    """``DQ(codes) -> Transpose(perm=[1, 0])`` becomes ``DQ(codes^T)``."""
+    """``DQ(codes) -> Transpose(perm=[1, 0])`` becomes ``DQ(codes^T)``; a DQ read only by such
+    Transposes (the two branches of a :class:`~vitq.export.onnx_qdq.QDQTwoRegionLinear`) is
+    transposed once for all of them."""
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
     done = 0
     for node in list(graph.node):
-        if node.op_type != "Transpose" or list(_attr(node, "perm", [])) != [1, 0]:
+        if node.op_type != "Transpose" or node not in graph.node or list(_attr(node, "perm", [])) != [1, 0]:
             continue
         dq = _weight_dq(node.input[0], producers, inits)
-        if dq is None or len(consumers.get(dq.output[0], [])) != 1 or not _transpose_weight_dq(graph, dq, inits):
+        readers = consumers.get(dq.output[0], []) if dq is not None else []
+        if dq is None or not all(r.op_type == "Transpose" and list(_attr(r, "perm", [])) == [1, 0] for r in readers) \
+                or not _transpose_weight_dq(graph, dq, inits):
             continue
-        for c in consumers.get(node.output[0], []):
-            for i, name in enumerate(c.input):
-                if name == node.output[0]:
-                    c.input[i] = dq.output[0]
-        graph.node.remove(node)
-        done += 1
+        for t in readers:
+            for c in consumers.get(t.output[0], []):
+                for i, name in enumerate(c.input):
+                    if name == t.output[0]:
+                        c.input[i] = dq.output[0]
+            graph.node.remove(t)
+            done += 1
     return done
 
 

@@ -23,6 +23,8 @@ Numerics (Eq. 8): vitq codes are signed, ``[-2^(b-1), 2^(b-1)-1]``, zero point 0
   integer ``q`` and rounds back to it. ORT keeps the Clip (it only drops a Clip that is wider than the
   quantized range).
 - Weights at 2..8 bits: int8 containers holding the exact b-bit codes.
+- A Linear whose input has a sign-split two-region quantizer (OPT-m, PTQ4ViT's post-GELU) becomes
+  :class:`QDQTwoRegionLinear`: two integer MatMuls, one per sign, each with its own scale.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vitq.errors import ExportError
-from vitq.nn.qops import QuantOp, quant_ops
+from vitq.nn.qops import QuantLinear, QuantOp, quant_ops
+from vitq.quantizers.two_region import TwoRegionQuantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize, qrange
 
 #: ONNX container of exported codes: 8 bits at most
@@ -87,7 +91,7 @@ class _Dequantize(torch.autograd.Function):
 def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
     if type(q) is not UniformQuantizer:
         raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
-                          f"{UniformQuantizer.__name__} only")
+                          f"{UniformQuantizer.__name__}, and {TwoRegionQuantizer.__name__} on a Linear's input")
     if not q.enabled:
         raise ExportError(f"{where}: quantizer is disabled (not calibrated); run vitq.calibrate before exporting")
     if not q.signed:
@@ -149,6 +153,54 @@ class QDQWeight(nn.Module):
         return f"bits={self.bits}, int8 codes {tuple(self.codes.shape)}, {gran}"
 
 
+class _RegionQDQ(nn.Module):
+    """One region of a sign-split quantizer: ``relu`` (x >= 0, scale Delta+) or ``-relu(-x)`` (x < 0,
+    scale Delta-), then the uniform Q/DQ of that scale. Within its region the uniform b-bit codes are
+    exactly the region's codes (0..2^(b-1)-1, resp. -2^(b-1)..0), so the two regions add up to the
+    :class:`~vitq.quantizers.two_region.TwoRegionQuantizer`'s value bit for bit."""
+
+    def __init__(self, scale: torch.Tensor, bits: int, negative: bool, u8: bool):
+        super().__init__()
+        self.bits, self.negative, self.u8 = bits, negative, u8
+        self.register_buffer("scale", scale.detach().clone().reshape(()))
+        self.scale_value = float(self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        part = -torch.relu(-x) if self.negative else torch.relu(x)
+        return _QuantizeDequantize.apply(part, self.scale, self.scale_value, self.bits, self.u8)
+
+
+class QDQTwoRegionLinear(nn.Module):
+    """Export twin of a :class:`~vitq.nn.qops.QuantLinear` whose input quantizer is a sign-split
+    :class:`~vitq.quantizers.two_region.TwoRegionQuantizer` (OPT-m / PTQ4ViT post-GELU, the fc2 input).
+
+    Integer form: two scales, one selected by the sign. The Linear distributes over the two regions,
+    ``y = Q+(x) W^T + Q-(x) W^T + b``, so the graph holds two ``Q -> DQ -> MatMul`` branches on the same
+    int8 weight codes, each of which ONNX Runtime runs as an integer MatMul with its own float rescale
+    (Delta+ * Delta_W, resp. Delta- * Delta_W), and one Add. Eagerly it equals the simulation up to
+    float summation order (the two partial products are summed after the matmul, not before).
+    """
+
+    def __init__(self, op: nn.Module, activation_type: str, where: str):
+        super().__init__()
+        qa = op.input_quantizer
+        if not qa.enabled:
+            raise ExportError(f"{where} (input): quantizer is disabled (not calibrated); run vitq.calibrate first")
+        if qa.bits > MAX_EXPORT_BITS:
+            raise ExportError(f"{where} (input): {qa.bits}-bit codes do not fit the 8-bit ONNX integer types")
+        if activation_type not in ACTIVATION_TYPES:
+            raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
+        u8 = activation_type == "u8"
+        self.pos = _RegionQDQ(qa.scale, qa.bits, negative=False, u8=u8)
+        self.neg = _RegionQDQ(qa.neg_scale, qa.bits, negative=True, u8=u8)
+        self.weight_quantizer = QDQWeight(op.weight_quantizer, op.weight, where=f"{where} (weight)")
+        self.bias = None if op.bias is None else nn.Parameter(op.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_quantizer()
+        return F.linear(self.pos(x), w, self.bias) + F.linear(self.neg(x), w)
+
+
 def _swap_child(op: nn.Module, old: nn.Module, new: nn.Module) -> None:
     for name, child in op.named_children():
         if child is old:
@@ -169,6 +221,11 @@ def qdq_twin(qmodel: nn.Module, activation_type: str = "u8") -> nn.Module:
     twin = copy.deepcopy(qmodel)
     for name, op in quant_ops(twin).items():
         qa, qb = op.quantizers()
+        if isinstance(op, QuantLinear) and isinstance(qa, TwoRegionQuantizer):  # (a module swap, as above)
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, attr,
+                    QDQTwoRegionLinear(op, activation_type, where=name))
+            continue
         _swap_child(op, qa, QDQActivation(qa, activation_type, where=f"{name} (input)"))
         if op.has_weight:
             _swap_child(op, qb, QDQWeight(qb, op.weight, where=f"{name} (weight)"))

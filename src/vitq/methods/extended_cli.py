@@ -28,3 +28,8 @@ def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
                                                   "optm_softmax", "fully_quantized")}
+
+
+def extended_overrides(args: argparse.Namespace) -> dict:
+    """Only the fields these flags set: QuantConfig overrides for every run of a benchmark."""
+    return {k: v for k, v in extended_config_fields(args).items() if v is not None}

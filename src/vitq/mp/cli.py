@@ -123,6 +123,7 @@ def cmd_mp_search(args: argparse.Namespace) -> int:
 def cmd_bench_mp(args: argparse.Namespace) -> int:
     """``vitq bench --mp ...``: mixed-precision rows for each bench model (see :mod:`vitq.bench.mp_bench`)."""
     from vitq.bench.mp_bench import run_mp_rows
+    from vitq.methods.extended_cli import extended_overrides
 
     methods = args.methods or ["liu2021"]
     for name in args.model or ["fmnist-vit"]:
@@ -131,6 +132,7 @@ def cmd_bench_mp(args: argparse.Namespace) -> int:
                         num_calib=32 if args.quick else args.num_calib[0],
                         num_test=500 if args.quick and args.num_test is None else args.num_test,
                         out_dir=args.out, seed=args.seed, search=args.search,
-                        budgets_mb=tuple(getattr(args, "budget_mb", None) or ()))
+                        budgets_mb=tuple(getattr(args, "budget_mb", None) or ()),
+                        config_overrides=extended_overrides(args))
         print(f"wrote {args.out}/{name}.json and {name}-mp.md")
     return 0
