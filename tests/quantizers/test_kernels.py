@@ -38,3 +38,16 @@ def test_eager_fallback_when_disabled(monkeypatch):
     out = kernels.fake_quant_into(x, torch.tensor(0.1), -8, 7, torch.empty_like(x))
     assert torch.equal(out, fake_quantize(x, torch.tensor(0.1), 4))
     kernels.reset()
+
+
+@pytest.mark.parametrize("enabled", ["1", "0"])
+def test_sample_moments_fused_and_eager_agree_with_float64(monkeypatch, enabled):
+    monkeypatch.setenv("VITQ_COMPILE", enabled)
+    kernels.reset()
+    g = torch.Generator().manual_seed(0)
+    o, t = torch.randn(6, 30000, generator=g) + 0.3, torch.randn(6, 30000, generator=g)
+    dot, sq, total = kernels.sample_moments(o, t)
+    od, td = o.double(), t.double()
+    for got, want in ((dot, (od * td).sum(1)), (sq, (od * od).sum(1)), (total, od.sum(1))):
+        assert got.shape == (6,) and torch.allclose(got.double(), want, rtol=1e-5, atol=1e-2)
+    kernels.reset()

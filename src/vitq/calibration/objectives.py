@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitq.quantizers.kernels import sample_moments
+
 OBJECTIVES = ("pearson", "cosine", "mse")
 
 
@@ -32,19 +34,18 @@ class TargetStats:
 def objective_sum(out: torch.Tensor, stats: TargetStats, rows: slice) -> float:
     """Sum over the samples in ``rows`` of the per-sample loss of ``out`` (shape ``(n, ...)``).
 
-    Written as per-sample dot products (batched matmuls), without centred copies of ``out``: the
-    target is centred once in :class:`TargetStats`, so sum((o - mean o) * t) = sum(o * t).
+    Written as per-sample moments (one fused pass, :func:`~vitq.quantizers.kernels.sample_moments`),
+    without centred copies of ``out``: the target is centred once in :class:`TargetStats`, so
+    sum((o - mean o) * t) = sum(o * t).
     """
     n = out.shape[0]
-    o = out.reshape(n, 1, -1).float()
-    t = stats.t[rows].unsqueeze(2)
-    dot = torch.bmm(o, t).view(n).double()
-    sq = torch.bmm(o, o.transpose(1, 2)).view(n).double()
+    o = out.reshape(n, -1).float()
+    dot, sq, total = (v.double() for v in sample_moments(o, stats.t[rows]))
     if stats.objective == "mse":
         t_sq = stats.t_norm[rows].double().pow(2)
         return ((sq - 2 * dot + t_sq) / o.shape[-1]).sum().item()
     if stats.objective == "pearson":
-        sq = sq - o.sum(dim=2).view(n).double().pow(2) / o.shape[-1]
+        sq = sq - total.pow(2) / o.shape[-1]
     den = sq.clamp_min(0).sqrt() * stats.t_norm[rows].double()
     sim = torch.where(den > 0, dot / den.clamp_min(1e-300), torch.zeros_like(dot))
     return -sim.sum().item()
