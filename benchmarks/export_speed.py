@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few images, 2 repeats: for iteration, not for results")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timing runs (default 5, quick 2)")
-    ap.add_argument("--method", default="minmax", choices=["minmax", "percentile"])
+    ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "liu2021", "mptq"],
+                    help="calibration recipe of the int8 model (mptq: SQ-b + OPT-m, whose fc2 exports as two MatMuls)")
     ap.add_argument("--no-size", action="store_true", help="skip the packed-size rows")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
