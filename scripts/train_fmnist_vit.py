@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--mlp-ratio", type=float, default=2.0)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=28)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=1e-5)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ema-decay", type=float, default=0.999, help="keep an EMA of the weights and save it (0: off)"
     )
-    p.add_argument("--eval-every", type=int, default=2, help="evaluate on the test set every N epochs")
+    p.add_argument("--eval-every", type=int, default=4, help="evaluate on the test set every N epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bench-steps", type=int, default=0, help="only time this many training steps")

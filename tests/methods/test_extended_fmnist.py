@@ -1,8 +1,8 @@
 """Real accuracy of the extended recipes on the trained Fashion-MNIST ViT (fmnist-vit, 6 blocks).
 
 Small settings to stay fast: 16 calibration images (train split), C=25, 3 rounds, 1,000 test images.
-Measured top-1 (float 0.899): W4A4 liu2021 0.874, mptq 0.873, ptq4vit 0.884, repq-vit 0.893,
-liu2021 + fully_quantized 0.888; W8A8 liu2021 + fully_quantized 0.892.
+Measured top-1 (float 0.914 on these 1,000 images): W4A4 liu2021 0.870, mptq 0.876, ptq4vit 0.901,
+repq-vit 0.901, liu2021 + fully_quantized 0.892; W8A8 liu2021 + fully_quantized 0.901.
 """
 
 import pytest
@@ -35,10 +35,10 @@ def _top1(fmnist, bits, **cfg):
 
 @pytest.mark.parametrize("cfg,bits,minimum", [
     (dict(method="mptq"), 4, 0.86),
-    (dict(method="ptq4vit"), 4, 0.87),
-    (dict(method="repq-vit"), 4, 0.88),
-    (dict(method="liu2021", fully_quantized=True), 4, 0.87),
-    (dict(method="liu2021", fully_quantized=True), 8, 0.885),
+    (dict(method="ptq4vit"), 4, 0.885),
+    (dict(method="repq-vit"), 4, 0.885),
+    (dict(method="liu2021", fully_quantized=True), 4, 0.875),
+    (dict(method="liu2021", fully_quantized=True), 8, 0.89),
 ], ids=["mptq-W4A4", "ptq4vit-W4A4", "repq-vit-W4A4", "fully-quantized-W4A4", "fully-quantized-W8A8"])
 def test_top1_on_fmnist_vit(fmnist, cfg, bits, minimum):
     torch.manual_seed(0)
