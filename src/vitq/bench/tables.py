@@ -83,7 +83,8 @@ def table_compare(rows: list[dict], model: str, variants: bool = False) -> str:
     """Methods by bit-width: top-1 (%) and calibration seconds, with the commands that made the rows.
 
     ``variants=False``: the comparison proper, each recipe as named (ours, MPTQ-ViT, the peers, ONNX
-    Runtime), which ``vitq bench --peers`` makes in one command. ``variants=True``: everything else at
+    Runtime), which ``vitq bench --peers`` makes in one command; one table per command that made
+    rows (per calibration size). ``variants=True``: everything else at
     uniform precision: MPTQ-ViT's parts (``mptq-sqb``, ``mptq-optm``), extra quantizer flags and the
     fully-quantized setting.
     """
@@ -95,8 +96,19 @@ def table_compare(rows: list[dict], model: str, variants: bool = False) -> str:
     else:
         rows = [r for r in rows if is_plain(r) and r["method"] in MAIN_COMPARE_METHODS]
     out = []
+    groups = []
     for n_calib in sorted({r["num_calib"] for r in rows}):
         sel = [r for r in rows if r["num_calib"] == n_calib]
+        if variants:
+            groups.append((n_calib, sel))
+            continue
+        # The comparison proper: one table per command that made its rows, the largest first, so a
+        # table never mixes runs of different commands (different code, load or test images).
+        by_cmd: dict[str, list[dict]] = {}
+        for r in sel:
+            by_cmd.setdefault(r["command"], []).append(r)
+        groups += [(n_calib, g) for g in sorted(by_cmd.values(), key=len, reverse=True)]
+    for n_calib, sel in groups:
         bits = sorted({(r["w_bits"], r["a_bits"]) for r in sel}, reverse=True)
         labels = []
         for r in sorted(sel, key=lambda r: (COMPARE_METHODS.index(r["method"]) if r["method"] in COMPARE_METHODS
