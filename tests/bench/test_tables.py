@@ -39,3 +39,10 @@ def test_mixed_precision_rows_meet_the_uniform_row_of_the_same_size():
                                             search_seconds=2.0)]
     t = table_mp(rows, "m")
     assert "| hessian | liu2021 | 0.6000 | 0.6000 | 89.00 | 88.00 | 2.0 |" in t
+
+
+def test_fully_quantized_mp_rows_meet_the_fully_quantized_uniform_row():
+    rows = [_row("liu2021", 5, 0.88), _row("liu2021", 5, 0.87, fully_quantized=True),
+            _row("liu2021", 5, 0.86, mixed_precision=True, mp_method="hessian", budget_mb=0.5, fully_quantized=True,
+                 search_seconds=1.0)]
+    assert "| hessian | liu2021, fully quantized | 0.5000 | 0.5000 | 86.00 | 87.00 | 1.0 |" in table_mp(rows, "m")

@@ -23,6 +23,7 @@ import torch
 import vitq
 from vitq.bench.results import load_rows, merge_rows
 from vitq.bench.runner import BENCH_MODELS, _test_set
+from vitq.bench.tables import VARIANT_FIELDS
 from vitq.data.sources import load_images
 from vitq.errors import ConfigError
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
@@ -148,18 +149,24 @@ def mp_table(rows: list[dict], model: str) -> str:
     mp = [r for r in rows if r["model"] == model and r.get("mixed_precision")]
     out = ["| Calib. method | Allocation | W/A bits | Size (MB) | Budget (MB) | Top-1 (%) | Search (s) | Calib. (s) | Calib. imgs | Test imgs |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["method"], r["w_bits"], r["num_calib"], r["num_test"]) for r in mp}, key=lambda k: (-k[1], k))
-    for method, b, n_calib, n_test in keys:
+
+    def key(r: dict) -> tuple:
+        return r["method"], r["w_bits"], r["num_calib"], r["num_test"], bool(r.get("fully_quantized"))
+
+    for method, b, n_calib, n_test, fq in sorted({key(r) for r in mp}, key=lambda k: (-k[1], k)):
+        sel = [r for r in mp if key(r) == (method, b, n_calib, n_test, fq)]
+        # the uniform row of the same recipe and quantizer choices (fully quantized, softmax quantizer, ...)
         uni = next((r for r in rows if r["model"] == model and not r.get("mixed_precision") and r["method"] == method
-                    and r["w_bits"] == b and r["a_bits"] == b and r["num_calib"] == n_calib and r["num_test"] == n_test),
-                   None)
-        sel = [r for r in mp if (r["method"], r["w_bits"], r["num_calib"], r["num_test"]) == (method, b, n_calib, n_test)]
+                    and r["w_bits"] == b and r["a_bits"] == b and r["num_calib"] == n_calib and r["num_test"] == n_test
+                    and r.get("search", "fast") == sel[0].get("search", "fast")
+                    and all(r.get(k) == sel[0].get(k) for k in VARIANT_FIELDS)), None)
         order = list(MP_VARIANTS)
         for r in ([uni] if uni else []) + sorted(sel, key=lambda r: order.index(r["mp_method"])
                                                  if r["mp_method"] in order else 99):
             alloc = r.get("mp_method", "uniform")
             bits = f"{b} MP" if r.get("mixed_precision") else str(b)
-            out.append(f"| {method} | {alloc} | {bits} | {r['size_mb']:.4f} | "
+            label = method + (", fully quantized" if fq else "")
+            out.append(f"| {label} | {alloc} | {bits} | {r['size_mb']:.4f} | "
                        f"{r['budget_mb'] if r.get('budget_mb') else '-'} | {100 * r['top1']:.2f} | "
                        f"{r.get('search_seconds', '-')} | {r['calib_seconds']} | {n_calib} | {n_test} |")
     return "\n".join(out)

@@ -63,7 +63,8 @@ def table3(rows: list[dict], model: str) -> str:
     """The ablation: similarity, ranking, bias correction, per bit-width."""
     rows = [r for r in rows if r["model"] == model and not r.get("mixed_precision") and is_plain(r)]
     out = []
-    for n_calib in sorted({r["num_calib"] for r in rows if r["method"] in dict((a[0], 1) for a in ABLATION)}):
+    partial = {a[0] for a in ABLATION if a[0] != "liu2021"}  # a size with the full method only has no ablation
+    for n_calib in sorted({r["num_calib"] for r in rows if r["method"] in partial}):
         bits = sorted({(r["w_bits"], r["a_bits"]) for r in rows if r["num_calib"] == n_calib and r["method"] == "liu2021"},
                       reverse=True)
         out.append(f"\n**{model}** ablation, {n_calib} calibration images")
@@ -137,10 +138,15 @@ def table_mp(rows: list[dict], model: str) -> str:
         return "\n(no mixed-precision rows)"
     out = ["\n| Allocation | Calibration | Budget (MB) | Size (MB) | Top-1 (%) | Uniform top-1 (%) | Search (s) |",
            "|---|---|---|---|---|---|---|"]
-    for r in sorted(mp, key=lambda r: (-r["budget_mb"], r["method"], r.get("mp_method", ""))):
-        uni = next((u for u in rows if u["model"] == model and not u.get("mixed_precision") and is_plain(u)
-                    and u["method"] == r["method"] and u["num_calib"] == r["num_calib"]
+    for r in sorted(mp, key=lambda r: (-r["budget_mb"], bool(r.get("fully_quantized")), r["method"],
+                                       r.get("mp_method", ""))):
+        # the uniform row of the same recipe, variant flags (fully quantized, ...) and size
+        uni = next((u for u in rows if u["model"] == model and not u.get("mixed_precision")
+                    and u.get("search", "fast") == r.get("search", "fast") and u["method"] == r["method"]
+                    and u["num_calib"] == r["num_calib"] and u["num_test"] == r["num_test"]
+                    and all(u.get(k) == r.get(k) for k in VARIANT_FIELDS)
                     and abs(u["size_mb"] - r["budget_mb"]) <= 1e-3 * r["budget_mb"]), None)
-        out.append(f"| {r.get('mp_method')} | {r['method']} | {r['budget_mb']:.4f} | {r['size_mb']:.4f} | "
+        calib = r["method"] + (", fully quantized" if r.get("fully_quantized") else "")
+        out.append(f"| {r.get('mp_method')} | {calib} | {r['budget_mb']:.4f} | {r['size_mb']:.4f} | "
                    f"{_pct(r['top1'])} | {_pct(uni['top1']) if uni else '-'} | {r.get('search_seconds', 0):.1f} |")
     return "\n".join(out)
