@@ -1,9 +1,10 @@
 import pytest
 
-from vitq.cli import _config_from_args, _extended_overrides, build_parser
+from vitq.cli import _config_from_args, build_parser
 from vitq.config import QuantConfig
 from vitq.errors import ConfigError
 from vitq.methods.extended import QuantizerChoices, recipe_flags, resolve_choices
+from vitq.methods.extended_cli import extended_overrides
 
 
 def test_new_fields_round_trip_json(tmp_path):
@@ -55,4 +56,4 @@ def test_cli_flags_reach_the_config(tmp_path):
     c = _config_from_args(ap.parse_args(["quantize", "--config", str(path)]))
     assert c.optm and c.sqb  # flags not given leave the file's values
     b = ap.parse_args(["bench", "--methods", "mptq", "--fully-quantized"])
-    assert _extended_overrides(b) == {"fully_quantized": True}
+    assert extended_overrides(b) == {"fully_quantized": True}
