@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mp", nargs="+", default=None, choices=["nuclear", "nuclear-output", "hessian", "greedy"],
                    help="mixed-precision rows instead (vitq.bench.mp_bench): one per allocation method and --bits")
     b.add_argument("--budget-mb", type=float, nargs="+", default=[], help="with --mp: explicit budgets too (MB)")
+    b.add_argument("--no-uniform", action="store_true",
+                   help="with --mp: do not run the uniform rows again; the tables compare with those already in the "
+                        "results file (so a --peers table keeps its own rows)")
     from vitq.mp.cli import add_mp_search_parser
 
     add_mp_search_parser(sub)  # vitq mp-search

@@ -133,6 +133,7 @@ def cmd_bench_mp(args: argparse.Namespace) -> int:
                         num_test=500 if args.quick and args.num_test is None else args.num_test,
                         out_dir=args.out, seed=args.seed, search=args.search,
                         budgets_mb=tuple(getattr(args, "budget_mb", None) or ()),
+                        uniform=not getattr(args, "no_uniform", False),
                         config_overrides=extended_overrides(args))
         print(f"wrote {args.out}/{name}.json and {name}-mp.md")
     return 0
