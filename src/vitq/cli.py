@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mp", nargs="+", default=None, choices=["nuclear", "nuclear-output", "hessian", "greedy"],
                    help="mixed-precision rows instead (vitq.bench.mp_bench): one per allocation method and --bits")
     b.add_argument("--budget-mb", type=float, nargs="+", default=[], help="with --mp: explicit budgets too (MB)")
+    b.add_argument("--greedy-images", type=int, default=None,
+                   help="with --mp greedy: measure the greedy loss on the first N calibration images (default all)")
     b.add_argument("--no-uniform", action="store_true",
                    help="with --mp: do not run the uniform rows again; the tables compare with those already in the "
                         "results file (so a --peers table keeps its own rows)")

@@ -19,7 +19,8 @@ def test_mp_rows_have_the_schema_and_never_replace_uniform_rows(tmp_path):
                                         "mixed_precision": False, "num_calib": 8, "num_test": 40, "top1": 0.123}
     merge_rows(results, [other | {"search": "reference"}])
     rows = run_mp_rows("fmnist-vit", mp_methods=("nuclear", "greedy"), bits=(6,), method="minmax", num_calib=8,
-                       num_test=40, out_dir=tmp_path, command="test", model=tiny_gray_vit())
+                       num_test=40, out_dir=tmp_path, command="test", model=tiny_gray_vit(), greedy_images=4)
+    assert rows[2]["greedy_images"] == 4 and "greedy_images" not in rows[1]
     assert [r.get("mp_method") for r in rows] == [None, "nuclear", "greedy"]
     uniform, *mp = rows
     for r in rows:
@@ -67,7 +68,9 @@ def test_cli_no_uniform_skips_the_uniform_rows(monkeypatch):
 
     seen = []
     monkeypatch.setattr(mp_bench, "run_mp_rows", lambda name, **kw: seen.append(kw) or [])
-    assert cli.main(["bench", "--mp", "hessian", "--model", "fmnist-vit", "--bits", "6", "--no-uniform"]) == 0
+    assert cli.main(["bench", "--mp", "greedy", "--model", "fmnist-vit", "--bits", "6", "--no-uniform",
+                     "--greedy-images", "8"]) == 0
     assert cli.main(["bench", "--mp", "hessian", "--model", "fmnist-vit", "--bits", "6", "--fully-quantized"]) == 0
     assert seen[0]["uniform"] is False and seen[1]["uniform"] is True
+    assert seen[0]["greedy_images"] == 8 and seen[1]["greedy_images"] is None
     assert seen[1]["config_overrides"] == {"fully_quantized": True}

@@ -70,7 +70,7 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
                 out_dir: str | Path | None = "benchmarks/results", seed: int = 0, search: str = "fast",
                 candidates: Sequence[int] | None = None, granularity: str = "module", uniform: bool = True,
                 budgets_mb: Sequence[float] = (), command: str | None = None, model=None,
-                config_overrides: dict | None = None) -> list[dict]:
+                config_overrides: dict | None = None, greedy_images: int | None = None) -> list[dict]:
     """Mixed-precision benchmark rows for one model; merged into ``<out_dir>/<model_name>.json`` when
     ``out_dir`` is given (with a ``<model_name>-mp.md`` table). ``model`` overrides the bench model (tests).
 
@@ -79,6 +79,8 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
     ``w_bits``/``a_bits`` of) the largest uniform bit-width that fits it, with no uniform row.
     ``config_overrides`` adds QuantConfig fields to every calibration (e.g. ``{"fully_quantized": True}``
     for the "5-bit MP, fully quantized" setting of MPTQ-ViT); the rows carry them as in ``vitq bench``.
+    ``greedy_images``: the greedy search measures its loss on the first this many calibration images
+    (default all; its cost is a forward of them per unit and step). Recorded in the greedy rows.
     """
     if model_name not in BENCH_MODELS:
         raise ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
@@ -119,8 +121,9 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
         for mp in mp_methods:
             # the probe's cheap intervals follow the calibration recipe when it is itself a cheap one
             init = method if method in CHEAP_INITS else "percentile"
+            extra = {"greedy_images": greedy_images} if mp == "greedy" and greedy_images else {}
             res = search_plan(model, calib.images, **MP_VARIANTS[mp], bits=b, budget_mb=budget_mb,
-                              candidates=candidates, granularity=granularity, init=init, seed=seed)
+                              candidates=candidates, granularity=granularity, init=init, seed=seed, **extra)
             q = vitq.quantize(model, vitq.QuantConfig(**cfg, plan=res.plan))
             rep = vitq.calibrate(q, calib.images, progress=False)
             vitq.freeze(q)
@@ -131,7 +134,7 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
                    "budget_gap_pct": round(100 * gap, 3), "within_1pct": 0 <= gap <= BUDGET_TOLERANCE,
                    "search_seconds": round(res.seconds, 2), "calib_seconds": round(rep.seconds, 2),
                    "candidates": res.candidates, "granularity": granularity, "search_init": init,
-                   "unit_bits": res.unit_bits, **flags,
+                   "unit_bits": res.unit_bits, **flags, **extra,
                    **_evaluate(q, test, ref)}
             if not row["within_1pct"]:
                 log.warning("%s %s MP at %d bits: size %.4f MB is %.2f%% below the budget %.4f MB (not within %.0f%%)",

@@ -134,6 +134,7 @@ def cmd_bench_mp(args: argparse.Namespace) -> int:
                         out_dir=args.out, seed=args.seed, search=args.search,
                         budgets_mb=tuple(getattr(args, "budget_mb", None) or ()),
                         uniform=not getattr(args, "no_uniform", False),
+                        greedy_images=getattr(args, "greedy_images", None),
                         config_overrides=extended_overrides(args))
         print(f"wrote {args.out}/{name}.json and {name}-mp.md")
     return 0
