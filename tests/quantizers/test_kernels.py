@@ -51,22 +51,3 @@ def test_sample_moments_fused_and_eager_agree_with_float64(monkeypatch, enabled)
     for got, want in ((dot, (od * td).sum(1)), (sq, (od * od).sum(1)), (total, od.sum(1))):
         assert got.shape == (6,) and torch.allclose(got.double(), want, rtol=1e-5, atol=1e-2)
     kernels.reset()
-
-
-@pytest.mark.parametrize("enabled", ["1", "0"])
-@pytest.mark.parametrize("per_channel,with_bias", [(False, True), (True, False)])
-def test_int_output_moments_equal_the_moments_of_the_float_output(monkeypatch, enabled, per_channel, with_bias):
-    monkeypatch.setenv("VITQ_COMPILE", enabled)
-    kernels.reset()
-    g = torch.Generator().manual_seed(0)
-    n, tokens, cout = 4, 50, 24
-    acc = torch.randint(-20000, 20000, (n * tokens, cout), generator=g, dtype=torch.int32)
-    step = torch.rand(cout, generator=g) * 1e-3 if per_channel else torch.tensor(7e-4)
-    bias = torch.randn(cout, generator=g) if with_bias else None
-    t = torch.randn(n, tokens * cout, generator=g)
-    out = acc.double() * step.double() + (bias.double() if with_bias else 0)
-    od = out.reshape(n, -1)
-    got = kernels.int_output_moments(acc, step, bias, t)
-    for g_, want in zip(got, ((od * t.double()).sum(1), (od * od).sum(1), od.sum(1))):
-        assert torch.allclose(g_.double(), want, rtol=1e-5, atol=1e-2)
-    kernels.reset()

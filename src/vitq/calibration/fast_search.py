@@ -36,9 +36,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vitq.calibration.objectives import objective_from_moments
+from vitq.calibration.objectives import objective_sum
 from vitq.calibration.search import OpData, OpSearch
-from vitq.quantizers.kernels import codes_into, fake_quant_into, int_output_moments
+from vitq.quantizers.kernels import codes_into, fake_quant_into
 from vitq.quantizers.uniform import UniformQuantizer, quantize
 
 # Largest statistics (bytes, float64) the moment path may hold for one op.
@@ -137,11 +137,11 @@ class FastOpSearch(OpSearch):
         wct, bias = wc.t(), self.op.bias
         step = sa * sb  # 0-d, or per output channel (the last output dim)
         total = 0.0
-        bias = bias.detach() if bias is not None else None
         for rows in self._rows():
-            acc = torch._int_mm(xc[rows.start * self.tokens: rows.stop * self.tokens], wct)
-            moments = int_output_moments(acc, step, bias, self.stats.t[rows])  # no float output stored
-            total += objective_from_moments(*moments, self.stats, rows, self.stats.t.shape[-1])
+            out = torch._int_mm(xc[rows.start * self.tokens: rows.stop * self.tokens], wct).float().mul_(step)
+            if bias is not None:
+                out.add_(bias.detach())
+            total += objective_sum(out.view(rows.stop - rows.start, -1), self.stats, rows)
         return total / self.n
 
     def _search_int(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:

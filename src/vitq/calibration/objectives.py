@@ -40,18 +40,12 @@ def objective_sum(out: torch.Tensor, stats: TargetStats, rows: slice) -> float:
     """
     n = out.shape[0]
     o = out.reshape(n, -1).float()
-    return objective_from_moments(*sample_moments(o, stats.t[rows]), stats, rows, o.shape[-1])
-
-
-def objective_from_moments(dot: torch.Tensor, sq: torch.Tensor, total: torch.Tensor, stats: TargetStats,
-                           rows: slice, d: int) -> float:
-    """:func:`objective_sum` from the per-sample ``sum(o*t)``, ``sum(o*o)``, ``sum(o)`` of ``d`` elements."""
-    dot, sq, total = dot.double(), sq.double(), total.double()
+    dot, sq, total = (v.double() for v in sample_moments(o, stats.t[rows]))
     if stats.objective == "mse":
         t_sq = stats.t_norm[rows].double().pow(2)
-        return ((sq - 2 * dot + t_sq) / d).sum().item()
+        return ((sq - 2 * dot + t_sq) / o.shape[-1]).sum().item()
     if stats.objective == "pearson":
-        sq = sq - total.pow(2) / d
+        sq = sq - total.pow(2) / o.shape[-1]
     den = sq.clamp_min(0).sqrt() * stats.t_norm[rows].double()
     sim = torch.where(den > 0, dot / den.clamp_min(1e-300), torch.zeros_like(dot))
     return -sim.sum().item()

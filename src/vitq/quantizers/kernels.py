@@ -131,57 +131,7 @@ def sample_moments(o: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torc
     return k(o, t)
 
 
-def _eager_int_output_moments(acc: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor):
-    o = acc.float().mul_(step)
-    if bias is not None:
-        o.add_(bias)
-    return _eager_sample_moments(o.view(t.shape[0], -1), t)
-
-
-def _fused_int_output_moments(acc, step, bias, t):
-    o = acc.float() * step
-    if bias is not None:
-        o = o + bias
-    o = o.reshape(t.shape[0], -1)
-    return (o * t).sum(dim=1), (o * o).sum(dim=1), o.sum(dim=1)
-
-
-def _int_moments_kernel():
-    if _state.get("int_moments") is None:
-        _state["int_moments"] = False
-        if os.environ.get("VITQ_COMPILE", "1") != "0":
-            try:
-                k = torch.compile(_fused_int_output_moments, dynamic=True)
-                g = torch.Generator().manual_seed(0)
-                acc = torch.randint(-5000, 5000, (6, 40), generator=g, dtype=torch.int32)
-                step, bias, t = torch.tensor(1e-3), torch.randn(40, generator=g), torch.randn(2, 120, generator=g)
-                got, want = k(acc, step, bias, t), _eager_int_output_moments(acc, step, bias, t)
-                if all(torch.allclose(a, b, rtol=1e-5, atol=1e-3) for a, b in zip(got, want)):
-                    _state["int_moments"] = k
-                else:
-                    log.warning("fused integer-output kernel differs from the eager ops; using the eager ops")
-            except Exception as e:
-                log.warning("torch.compile is unavailable (%s); the objectives use the eager ops",
-                            str(e).splitlines()[0][:200])
-    return _state["int_moments"]
-
-
-def int_output_moments(acc: torch.Tensor, step: torch.Tensor, bias: torch.Tensor | None,
-                       t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sample_moments` of the Linear output ``acc * step + bias`` given its int32 accumulator.
-
-    ``acc`` is ``(n * T, Cout)`` (``int32(C_X C_W^T)``), ``step`` is ``Delta_X * Delta_W`` (0-d or per
-    output channel), ``t`` the ``(n, T * Cout)`` target rows. Fused, the float output is never stored:
-    one pass over the accumulator instead of four (convert, scale, add bias, moments).
-    """
-    k = _int_moments_kernel()
-    if not k or acc.device.type != "cpu":
-        return _eager_int_output_moments(acc, step, bias, t)
-    return k(acc, step, bias, t)
-
-
 def reset() -> None:
     """Forget the compiled kernels (tests; after changing ``VITQ_COMPILE``)."""
     _state["compiled"] = None
     _state["moments"] = None
-    _state["int_moments"] = None
