@@ -29,6 +29,12 @@ if [[ $which == dinov2 || $which == all ]]; then
   D=(--model dinov2-s14-fmnist --num-calib 32 --num-test 1000)
   vitq "${T[@]}" bench --mp nuclear hessian "${D[@]}" --bits 6 --methods liu2021
   vitq "${T[@]}" bench "${D[@]}" --bits 8 6 4 --methods minmax percentile easyquant liu2021 --no-ablation --peers
+  # More mixed precision, after the --peers command: --no-uniform compares with its uniform rows.
+  vitq "${T[@]}" bench --mp greedy "${D[@]}" --bits 6 --methods liu2021 --no-uniform --greedy-images 8
+  vitq "${T[@]}" bench --mp nuclear hessian "${D[@]}" --bits 8 --methods liu2021 --no-uniform
+  vitq "${T[@]}" bench --mp nuclear hessian "${D[@]}" --bits 4 --methods liu2021 --no-uniform
+  vitq "${T[@]}" bench --mp greedy "${D[@]}" --bits 8 --methods liu2021 --no-uniform --greedy-images 8
+  vitq "${T[@]}" bench --mp greedy "${D[@]}" --bits 4 --methods liu2021 --no-uniform --greedy-images 8
   # MPTQ-ViT on the real model (issue 7): W5A5, its parts at W6/W5/W4, 5-bit MP fully quantized.
   # (These ran on the core the fmnist commands freed.)
   vitq "${T[@]}" bench "${D[@]}" --bits 5 --methods minmax percentile liu2021 mptq mptq-sqb mptq-optm --no-ablation
