@@ -23,7 +23,7 @@ import torch
 import vitq
 from vitq.bench.results import load_rows, merge_rows
 from vitq.bench.runner import BENCH_MODELS, _test_set
-from vitq.bench.tables import VARIANT_FIELDS
+from vitq.bench.tables import same_setting
 from vitq.data.sources import load_images
 from vitq.errors import ConfigError
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
@@ -159,10 +159,7 @@ def mp_table(rows: list[dict], model: str) -> str:
     for method, b, n_calib, n_test, fq in sorted({key(r) for r in mp}, key=lambda k: (-k[1], k)):
         sel = [r for r in mp if key(r) == (method, b, n_calib, n_test, fq)]
         # the uniform row of the same recipe and quantizer choices (fully quantized, softmax quantizer, ...)
-        uni = next((r for r in rows if r["model"] == model and not r.get("mixed_precision") and r["method"] == method
-                    and r["w_bits"] == b and r["a_bits"] == b and r["num_calib"] == n_calib and r["num_test"] == n_test
-                    and r.get("search", "fast") == sel[0].get("search", "fast")
-                    and all(r.get(k) == sel[0].get(k) for k in VARIANT_FIELDS)), None)
+        uni = next((r for r in rows if same_setting(r, sel[0]) and r["w_bits"] == b and r["a_bits"] == b), None)
         order = list(MP_VARIANTS)
         for r in ([uni] if uni else []) + sorted(sel, key=lambda r: order.index(r["mp_method"])
                                                  if r["mp_method"] in order else 99):

@@ -19,6 +19,16 @@ COMPARE_METHODS = ("minmax", "percentile", "easyquant", "liu2021", "mptq", "mptq
 MAIN_COMPARE_METHODS = tuple(m for m in COMPARE_METHODS if m not in ("mptq-sqb", "mptq-optm"))
 
 
+def same_setting(uniform: dict, mp_row: dict) -> bool:
+    """``uniform`` is a uniform-precision row of ``mp_row``'s model, recipe, calibration and test images,
+    search and quantizer choices (fully quantized, softmax quantizer, ...): what an MP row compares with."""
+    return (not uniform.get("mixed_precision") and uniform["model"] == mp_row["model"]
+            and uniform["method"] == mp_row["method"] and uniform["num_calib"] == mp_row["num_calib"]
+            and uniform["num_test"] == mp_row["num_test"]
+            and uniform.get("search", "fast") == mp_row.get("search", "fast")
+            and all(uniform.get(k) == mp_row.get(k) for k in VARIANT_FIELDS))
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
@@ -141,10 +151,7 @@ def table_mp(rows: list[dict], model: str) -> str:
     for r in sorted(mp, key=lambda r: (-r["budget_mb"], bool(r.get("fully_quantized")), r["method"],
                                        r.get("mp_method", ""))):
         # the uniform row of the same recipe, variant flags (fully quantized, ...) and size
-        uni = next((u for u in rows if u["model"] == model and not u.get("mixed_precision")
-                    and u.get("search", "fast") == r.get("search", "fast") and u["method"] == r["method"]
-                    and u["num_calib"] == r["num_calib"] and u["num_test"] == r["num_test"]
-                    and all(u.get(k) == r.get(k) for k in VARIANT_FIELDS)
+        uni = next((u for u in rows if same_setting(u, r)
                     and abs(u["size_mb"] - r["budget_mb"]) <= 1e-3 * r["budget_mb"]), None)
         calib = r["method"] + (", fully quantized" if r.get("fully_quantized") else "")
         out.append(f"| {r.get('mp_method')} | {calib} | {r['budget_mb']:.4f} | {r['size_mb']:.4f} | "

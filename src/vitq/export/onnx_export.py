@@ -144,8 +144,9 @@ def _fold_weight_transposes(graph) -> int:
     producers = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
     done = 0
+    removed: set[str] = set()  # outputs of Transposes already folded with an earlier reader of their DQ
     for node in list(graph.node):
-        if node.op_type != "Transpose" or node not in graph.node or list(_attr(node, "perm", [])) != [1, 0]:
+        if node.op_type != "Transpose" or node.output[0] in removed or list(_attr(node, "perm", [])) != [1, 0]:
             continue
         dq = _weight_dq(node.input[0], producers, inits)
         readers = consumers.get(dq.output[0], []) if dq is not None else []
@@ -158,6 +159,7 @@ def _fold_weight_transposes(graph) -> int:
                     if name == t.output[0]:
                         c.input[i] = dq.output[0]
             graph.node.remove(t)
+            removed.add(t.output[0])
             done += 1
     return done
 

@@ -88,16 +88,27 @@ class _Dequantize(torch.autograd.Function):
         return g.op("DequantizeLinear", codes, scale, zp, axis_i=axis)
 
 
+def _check_calibrated_codes(q: nn.Module, where: str) -> None:
+    """What every exported quantizer needs: calibrated, and codes that fit the 8-bit ONNX types."""
+    if not q.enabled:
+        raise ExportError(f"{where}: quantizer is disabled (not calibrated); run vitq.calibrate before exporting")
+    if q.bits > MAX_EXPORT_BITS:
+        raise ExportError(f"{where}: {q.bits}-bit codes do not fit the 8-bit ONNX integer types; use 2..8 bits")
+
+
+def _is_u8(activation_type: str) -> bool:
+    if activation_type not in ACTIVATION_TYPES:
+        raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
+    return activation_type == "u8"
+
+
 def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
     if type(q) is not UniformQuantizer:
         raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
                           f"{UniformQuantizer.__name__}, and {TwoRegionQuantizer.__name__} on a Linear's input")
-    if not q.enabled:
-        raise ExportError(f"{where}: quantizer is disabled (not calibrated); run vitq.calibrate before exporting")
+    _check_calibrated_codes(q, where)
     if not q.signed:
         raise ExportError(f"{where}: unsigned quantizers cannot be exported (vitq's signed codes of Eq. 8 are)")
-    if q.bits > MAX_EXPORT_BITS:
-        raise ExportError(f"{where}: {q.bits}-bit codes do not fit the 8-bit ONNX integer types; use 2..8 bits")
     return q
 
 
@@ -115,10 +126,8 @@ class QDQActivation(nn.Module):
         q = _check_quantizer(quantizer, where)
         if q.axis is not None or q.scale.dim() != 0:
             raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
-        if activation_type not in ACTIVATION_TYPES:
-            raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
         self.bits = q.bits
-        self.u8 = activation_type == "u8"
+        self.u8 = _is_u8(activation_type)
         self.register_buffer("scale", q.scale.detach().clone())
         self.scale_value = float(self.scale)
 
@@ -184,13 +193,8 @@ class QDQTwoRegionLinear(nn.Module):
     def __init__(self, op: nn.Module, activation_type: str, where: str):
         super().__init__()
         qa = op.input_quantizer
-        if not qa.enabled:
-            raise ExportError(f"{where} (input): quantizer is disabled (not calibrated); run vitq.calibrate first")
-        if qa.bits > MAX_EXPORT_BITS:
-            raise ExportError(f"{where} (input): {qa.bits}-bit codes do not fit the 8-bit ONNX integer types")
-        if activation_type not in ACTIVATION_TYPES:
-            raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
-        u8 = activation_type == "u8"
+        _check_calibrated_codes(qa, f"{where} (input)")
+        u8 = _is_u8(activation_type)
         self.pos = _RegionQDQ(qa.scale, qa.bits, negative=False, u8=u8)
         self.neg = _RegionQDQ(qa.neg_scale, qa.bits, negative=True, u8=u8)
         self.weight_quantizer = QDQWeight(op.weight_quantizer, op.weight, where=f"{where} (weight)")

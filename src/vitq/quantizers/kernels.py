@@ -53,20 +53,27 @@ def _probe(fq, codes) -> bool:
     return torch.equal(got_fq, want_fq) and torch.equal(got_codes, want_codes)
 
 
-def _kernels():
-    if _state["compiled"] is None:
-        _state["compiled"] = False
+def _compile_checked(key: str, fns: tuple, probe, what: str):
+    """``fns`` compiled once per process and kept only if ``probe(*compiled)`` holds (``False``: use the
+    eager ops). Shared by every fused kernel here, so each gets the same ``VITQ_COMPILE`` switch,
+    probe-before-use and fallback."""
+    if _state.get(key) is None:
+        _state[key] = False
         if os.environ.get("VITQ_COMPILE", "1") != "0":
             try:
-                fq = torch.compile(_fused_fake_quant_into, dynamic=True)
-                codes = torch.compile(_fused_codes_into, dynamic=True)
-                if _probe(fq, codes):
-                    _state["compiled"] = (fq, codes)
+                compiled = tuple(torch.compile(f, dynamic=True) for f in fns)
+                if probe(*compiled):
+                    _state[key] = compiled
                 else:
-                    log.warning("fused quantization kernels differ from the eager ops; using the eager ops")
+                    log.warning("fused %s differ from the eager ops; using the eager ops", what)
             except Exception as e:  # no compiler, unsupported platform, ...
-                log.warning("torch.compile is unavailable (%s); the search uses the eager ops", str(e).splitlines()[0][:200])
-    return _state["compiled"]
+                log.warning("torch.compile is unavailable (%s); the %s fall back to the eager ops", str(e).splitlines()[0][:200],
+                            what)
+    return _state[key]
+
+
+def _kernels():
+    return _compile_checked("compiled", (_fused_fake_quant_into, _fused_codes_into), _probe, "quantization kernels")
 
 
 def _run(which: int, eager, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor):
@@ -100,23 +107,10 @@ def _fused_sample_moments(o: torch.Tensor, t: torch.Tensor):
     return (o * t).sum(dim=1), (o * o).sum(dim=1), o.sum(dim=1)
 
 
-def _moments_kernel():
-    if _state.get("moments") is None:
-        _state["moments"] = False
-        if os.environ.get("VITQ_COMPILE", "1") != "0":
-            try:
-                k = torch.compile(_fused_sample_moments, dynamic=True)
-                g = torch.Generator().manual_seed(0)
-                o, t = torch.randn(3, 5000, generator=g), torch.randn(3, 5000, generator=g)
-                got, want = k(o, t), _eager_sample_moments(o, t)
-                if all(torch.allclose(a, b, rtol=1e-5, atol=1e-3) for a, b in zip(got, want)):
-                    _state["moments"] = k
-                else:
-                    log.warning("fused moment kernel differs from the eager ops; using the eager ops")
-            except Exception as e:
-                log.warning("torch.compile is unavailable (%s); the objectives use the eager ops",
-                            str(e).splitlines()[0][:200])
-    return _state["moments"]
+def _probe_moments(k) -> bool:
+    g = torch.Generator().manual_seed(0)
+    o, t = torch.randn(3, 5000, generator=g), torch.randn(3, 5000, generator=g)
+    return all(torch.allclose(a, b, rtol=1e-5, atol=1e-3) for a, b in zip(k(o, t), _eager_sample_moments(o, t)))
 
 
 def sample_moments(o: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,10 +119,10 @@ def sample_moments(o: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torc
     One fused pass over ``o`` and ``t`` (the eager form reads ``o`` three times). Float32 sums, as the
     batched matmuls of the eager form; the fused and eager results agree to float rounding, not bits.
     """
-    k = _moments_kernel()
+    k = _compile_checked("moments", (_fused_sample_moments,), _probe_moments, "moment kernels")
     if not k or o.device.type != "cpu" or o.requires_grad:
         return _eager_sample_moments(o, t)
-    return k(o, t)
+    return k[0](o, t)
 
 
 def reset() -> None:
