@@ -46,23 +46,46 @@ def test_fast_equals_reference_on_linear_layers(method, seed, bias):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_weight_moments_pick_the_exhaustive_optimum(seed):
-    """One weight search (input interval fixed): moments evaluate every candidate exactly, so the choice
+@pytest.mark.parametrize("codes", ["int8", "float"])
+def test_weight_moments_pick_the_exhaustive_optimum(seed, codes):
+    """One weight search (input interval fixed) on the moment path, with the candidates' W_q^T W_q as an
+    exact int8 GEMM of per-tensor codes or in float: moments evaluate every candidate, so the choice
     equals the reference's unless two candidates tie within float rounding."""
+    from vitq.calibration.fast_search import FastOpSearch
+    from vitq.calibration.search import OpSearch
+
     for method in ("liu2021-sim", "mse", "easyquant"):
         chosen = []
         for fast in (False, True):
             op, data = _linear(seed, bits=4)
-            from vitq.calibration.fast_search import FastOpSearch
-            from vitq.calibration.search import OpSearch
-
             cls = FastOpSearch if fast else OpSearch
             s = cls(op, data, METHODS[method], ranking_gamma=0.0, ranking_pairs=0, ranking_margin=0.0,
                     generator=torch.Generator().manual_seed(0))
             base = op.weight_quantizer.scale.clone()
-            s.search_operand(1, base, s.current_loss(), 60)
+            if fast:
+                s.use_int = codes == "int8"
+                s._search_weight_moments(base, s.current_loss(), 60)  # the moment path, whatever its cost model says
+            else:
+                s.search_operand(1, base, s.current_loss(), 60)
             chosen.append(op.weight_quantizer.scale.item())
         assert chosen[0] == pytest.approx(chosen[1], rel=1e-6), method
+
+
+def test_weight_moments_equal_direct_losses_per_candidate():
+    """Every candidate's moment loss (int8 Gram of codes, and float) against a direct evaluation."""
+    from vitq.calibration.fast_search import FastOpSearch
+
+    op, data = _linear(3, bits=8)
+    s = FastOpSearch(op, data, METHODS["liu2021-sim"], ranking_gamma=0.0, ranking_pairs=0, ranking_margin=0.0,
+                     generator=torch.Generator().manual_seed(0))
+    base = op.weight_quantizer.scale.clone()
+    xq = op.input_quantizer.fake_quant_with(data.a, op.input_quantizer.scale)
+    factors = s._factors(12)
+    direct = [s.loss(xq, op.weight_quantizer.fake_quant_with(data.b, base * f)) for f in factors]
+    for use_int in (True, False):
+        s.use_int = use_int
+        got = s._weight_moment_losses(base, 12)
+        assert got == pytest.approx(direct, abs=1e-6), use_int
 
 
 def test_fast_search_on_attention_matmul_with_ranking():

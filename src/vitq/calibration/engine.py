@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vitq.calibration.capture import capture_unit_inputs, check_finite, record_op_io, run_unit
+from vitq.calibration.capture import capture_unit_inputs, check_finite, collect_op_io, run_unit
 from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
@@ -86,28 +86,28 @@ def _is_chained(model: nn.Module, first: str, second: str) -> bool:
     return isinstance(model.get_submodule(p1), nn.Sequential)
 
 
-def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> list[str]:
-    order: list[str] = []
-    handles = [
-        op.register_forward_hook(lambda _m, _a, _o, n=n: order.append(n) if n not in order else None)
-        for n, op in unit_ops.items()
-    ]
+def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> tuple[list[str], dict[str, int]]:
+    """The unit's ops in the order its forward first calls them, and how often each is called per forward."""
+    calls: dict[str, int] = {}
+
+    def hook(_m, _a, _o, n):
+        calls[n] = calls.get(n, 0) + 1
+
+    handles = [op.register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n, op in unit_ops.items()]
     try:
         args, kwargs = inputs[0]
         unit(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
-    missing = [n for n in unit_ops if n not in order]
+    missing = [n for n in unit_ops if n not in calls]
     if missing:
         raise VitqError(f"quantized ops {missing} are never called by the forward of their unit; cannot calibrate them")
-    return order
+    return list(calls), calls
 
 
-def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str) -> OpData:
-    store: list = []
-    with record_op_io(op, store):
-        run_unit(unit, inputs)
+def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str, calls_per_forward: int | None = None) -> OpData:
+    store = collect_op_io(unit, inputs, op, calls_per_forward)
     if not store:
         raise VitqError(f"op {name} produced no calibration data")
     a = torch.cat([s[0][0] for s in store])
@@ -189,11 +189,12 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
         if prep is not None:
             prep.before_unit(uname, unit, inputs, unit_ops)
-        for name in _op_call_order(unit, inputs, unit_ops):
+        order, calls = _op_call_order(unit, inputs, unit_ops)
+        for name in order:
             op = unit_ops[name]
             bar.set_postfix_str(name)
             t_op = time.perf_counter()
-            op_data = _collect_op_data(unit, inputs, op, name)
+            op_data = _collect_op_data(unit, inputs, op, name, calls[name])
             if prep is not None:
                 prep.update_op_data(name, op_data)
             _init_intervals(op, op_data, method.init, config.percentile, gen)

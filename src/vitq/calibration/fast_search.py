@@ -1,7 +1,7 @@
 """The fast interval search: the same objective and candidate grid as :mod:`vitq.calibration.search`
 (the reference), evaluated with far less arithmetic.
 
-Two levers, both checked against the reference by tests and by ``benchmarks/calibration_speed.py``:
+Four levers, each checked against the reference by tests and by ``benchmarks/calibration_speed.py``:
 
 1. **Weight intervals by moments (exact, exhaustive).** With the input X fixed, the Pearson / cosine /
    MSE objective of a Linear's output O_hat = X_q W_q^T + b needs, per calibration sample i, only
@@ -10,8 +10,10 @@ Two levers, both checked against the reference by tests and by ``benchmarks/cali
        sum_t O_hat_t         = s_i . (W_q^T 1) + T * sum(b)              s_i = sum_t X_q,t
        sum O * O_hat         = <W_q, M_i> + sum_t O_t . b                M_i = O_i^T X_q,i   (Cout x Cin)
        sum O_hat^2           = <G_i, W_q^T W_q> + 2 s_i . W_q^T b + T |b|^2      G_i = X_q,i^T X_q,i
-   so all C candidates are evaluated (no approximation, in float64) for the price of a few forwards.
-   Used when the statistics fit the memory budget; otherwise the direct path below is taken.
+   so all C candidates are evaluated (no approximation) for the price of a few forwards. With
+   per-tensor integer codes W_q = Delta * C, W_q^T W_q = Delta^2 * C^T C is an exact int8 GEMM, and
+   all candidates' codes come from one fused pass. Used when the statistics fit the memory budget
+   and cost less than direct evaluations (:meth:`FastOpSearch._moment_costs`).
 2. **Coarse-to-fine search over the candidate grid** for activation intervals (and weights when (1)
    does not apply): every k-th candidate (k ~ sqrt(C)), then all candidates within k of the best,
    about 3*sqrt(C) evaluations instead of C. (Golden-section search needs fewer, but on 4-bit layers
@@ -25,6 +27,10 @@ Two levers, both checked against the reference by tests and by ``benchmarks/cali
    fake-quantized operands. The patch-embedding convolution (kernel == stride) is evaluated as the
    Linear it is over non-overlapping patches, so it takes paths (1) and (3) too.
 
+4. **Attention scores by moments.** Q·K^T's objective and ranking loss from d x d Gram matrices and
+   the pair differences Q (K^T D), without forming the (n, heads, T, T) scores; coarse-to-fine as (2)
+   (:mod:`vitq.calibration.score_moments`): about 3x less arithmetic per candidate at ViT shapes.
+
 Candidates are evaluated into preallocated buffers (``out=``), avoiding a fresh allocation of the
 quantized operand per candidate.
 """
@@ -37,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from vitq.calibration.objectives import objective_sum
+from vitq.calibration.score_moments import ScoreMoments
 from vitq.calibration.search import OpData, OpSearch
 from vitq.quantizers.kernels import codes_into, fake_quant_into
 from vitq.quantizers.uniform import UniformQuantizer, quantize
@@ -106,6 +113,8 @@ class FastOpSearch(OpSearch):
             return current_loss
         if which == 1 and self._moments_apply(num_candidates):
             loss = self._search_weight_moments(base, current_loss, num_candidates)
+        elif self._score_moments_apply(which):
+            loss = self._search_score_moments(which, base, current_loss, num_candidates)
         elif self.use_int:
             loss = self._search_int(which, base, current_loss, num_candidates)
         else:
@@ -176,13 +185,24 @@ class FastOpSearch(OpSearch):
         need = 4 * self.n * (cout * cin + cin * cin)
         if need > MOMENT_BUDGET_BYTES:
             return False
-        if self.use_int:
-            # Moments cost ~C*Cout*Cin^2 (float) against ~3*sqrt(C) integer GEMMs of N*T*Cin*Cout.
-            tokens = self.data.a.numel() // cin
-            return num_candidates * cin * INT_GEMM_SPEEDUP <= 3 * math.sqrt(num_candidates) * tokens
-        return True
+        setup, per_candidate, direct = self._moment_costs()
+        return setup + 3 * math.sqrt(num_candidates) * per_candidate <= 3 * math.sqrt(num_candidates) * direct
 
-    def _search_weight_moments(self, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+    def _moment_costs(self) -> tuple[float, float, float]:
+        """Float-multiply-add costs of the weight search: the moment statistics (M_i, G_i), one candidate
+        on moments (W_q^T W_q, an int8 GEMM for per-tensor codes, and its products with M and G), and
+        one direct evaluation of the Linear."""
+        cout, cin = self.data.b.shape
+        tokens = self.data.a.numel() // cin
+        speed = INT_GEMM_SPEEDUP if self.use_int else 1.0
+        gram_speed = speed if self.qb.scale.numel() == 1 else 1.0
+        setup = tokens * cin * (cout + cin)
+        per_candidate = cout * cin * cin / gram_speed + self.n * cin * (cout + cin)
+        return setup, per_candidate, tokens * cin * cout / speed
+
+    def _moment_evaluator(self, base: torch.Tensor, num_candidates: int):
+        """``evaluate(indices) -> losses`` of the weight candidates ``base * factor[i]`` (index -1: the
+        current interval) from the per-sample moments of the fixed quantized input."""
         op, qa, qb = self.op, self.qa, self.qb
         n = self.n
         x = qa.fake_quant_with(self.data.a, qa.scale).reshape(n, -1, self.data.a.shape[-1])
@@ -199,32 +219,70 @@ class FastOpSearch(OpSearch):
         ob = (o.sum(dim=1).double() @ bias) if bias is not None else torch.zeros(n, dtype=torch.float64)
         del x, o
         w = self.data.b
-        old = qb.scale.clone()
+        old = qb.scale.clone()  # index -1
         factors = self._factors(num_candidates)
         chunk = max(1, (64 << 20) // (4 * max(cout * cin, cin * cin)))
+
+        # Per-tensor integer weight codes (Eq. 8, <= 8 bits): W_q = Delta * C with int8 C, so
+        # W_q^T W_q = Delta^2 * C^T C is one exact int8 GEMM (6x faster here than the float32 bmm).
+        int_codes = self.use_int and qb.scale.numel() == 1
+
+        # Reused buffers (a fresh allocation of tens of MB costs more than filling it here).
+        wf_buf = torch.empty((min(chunk, num_candidates + 1), cout, cin))
+        if int_codes:
+            c_buf = torch.empty(wf_buf.shape, dtype=torch.int8)
+            gram_buf = torch.empty((wf_buf.shape[0], cin, cin), dtype=torch.int32)
+
+        def products(scs: list[torch.Tensor]):
+            """The candidates' weights (k, Cout, Cin) and W_q^T W_q (k, Cin*Cin) in float32, each up to
+            a per-candidate factor returned with it (Delta and Delta^2 for integer codes, else 1)."""
+            k = len(scs)
+            steps = torch.stack([qb.broadcast_scale(w, sc) for sc in scs])  # (k,) or (k, Cout, 1)
+            steps = steps.view(k, 1, 1) if steps.dim() == 1 else steps
+            wk = w.expand(k, -1, -1)
+            if int_codes:  # all candidates' codes in one fused pass, then one int8 GEMM each
+                wf = codes_into(wk, steps, qb.qmin, qb.qmax, wf_buf[:k])
+                c = c_buf[:k].copy_(wf)
+                for j in range(k):
+                    torch._int_mm(c[j].t(), c[j], out=gram_buf[j])
+                step = steps.reshape(k).double()
+                return wf, gram_buf[:k].reshape(k, -1).float(), step, step.pow(2)
+            wf = fake_quant_into(wk, steps, qb.qmin, qb.qmax, wf_buf[:k])
+            one = torch.ones(k, dtype=torch.float64)
+            return wf, torch.bmm(wf.transpose(1, 2), wf).reshape(k, -1), one, one
 
         def evaluate(indices: list[int]) -> list[float]:
             out = []
             for start in range(0, len(indices), chunk):
-                scs = [old if i < 0 else base * factors[i] for i in indices[start:start + chunk]]
-                wq = torch.stack([qb.fake_quant_with(w, sc) for sc in scs])  # (k, Cout, Cin)
-                k = wq.shape[0]
-                sum_hat = s @ wq.sum(dim=1).double().T  # (n, k)
-                cross = (m @ wq.reshape(k, -1).T).double() + ob[:, None]
-                sq_hat = (g @ torch.bmm(wq.transpose(1, 2), wq).reshape(k, -1).T).double()
+                wf, gram, step, step2 = products([old if i < 0 else base * factors[i] for i in indices[start:start + chunk]])
+                k = wf.shape[0]
+                sum_hat = (s @ wf.sum(dim=1).double().T) * step  # (n, k)
+                cross = (m @ wf.reshape(k, -1).T).double() * step + ob[:, None]
+                sq_hat = (g @ gram.T).double() * step2
                 if bias is not None:
                     # W_q^T b per candidate: one float32 GEMV batch, like the other moment products
                     # (a float64 einsum of the (k, Cout, Cin) stack cost 10% of a DeiT-S calibration).
-                    wtb = torch.matmul(bias_f, wq).double()  # (k, Cin)
+                    wtb = torch.matmul(bias_f, wf).double() * step[:, None]  # (k, Cin)
                     sum_hat = sum_hat + t * bias.sum()
                     sq_hat = sq_hat + 2 * (s @ wtb.T) + t * bias.pow(2).sum()
                 out += self._moment_loss(o_sum[:, None], o_sq[:, None], sum_hat, cross, sq_hat, d).tolist()
             return out
 
-        # Per candidate the moments cost ~Cout*Cin^2 against ~N*T*Cin*Cout for a direct evaluation.
-        # Evaluate all C candidates when that is cheaper than the ~3*sqrt(C) direct evaluations of the
-        # coarse-to-fine search; otherwise run coarse-to-fine on the moments.
-        exhaustive = num_candidates * cin <= 3 * math.sqrt(num_candidates) * n * t
+        return evaluate
+
+    def _weight_moment_losses(self, base: torch.Tensor, num_candidates: int) -> list[float]:
+        """The moment loss of every weight candidate (tests compare it with direct evaluations)."""
+        return self._moment_evaluator(base, num_candidates)(list(range(num_candidates)))
+
+    def _search_weight_moments(self, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+        qb = self.qb
+        old = qb.scale.clone()
+        factors = self._factors(num_candidates)
+        evaluate = self._moment_evaluator(base, num_candidates)
+        # Evaluate all C candidates (exact) when that costs no more than the ~3*sqrt(C) direct
+        # evaluations of the coarse-to-fine search; otherwise run coarse-to-fine on the moments.
+        setup, per_candidate, direct = self._moment_costs()
+        exhaustive = setup + num_candidates * per_candidate <= 3 * math.sqrt(num_candidates) * direct
         cache = dict(zip([-1], evaluate([-1])))
         if exhaustive:
             cache.update(zip(range(len(factors)), evaluate(list(range(len(factors))))))
@@ -283,6 +341,50 @@ class FastOpSearch(OpSearch):
         den = (var_o.clamp_min(0) * var_h.clamp_min(0)).sqrt()
         sim = torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(cov))
         return -sim.mean(dim=0)
+
+    # -- (4) attention scores by moments ------------------------------------------------------------------
+    def _score_moments_apply(self, which: int) -> bool:
+        """Q·K^T with a uniform searched operand, when the moments cost less than the scores (d < T)."""
+        q = self.qa if which == 0 else self.qb
+        a, b = self.data.a, self.data.b
+        if self.op.role != "attn_scores" or type(q) is not UniformQuantizer or a.dim() < 3 or b.dim() != a.dim():
+            return False
+        if self.method.objective not in ("pearson", "cosine", "mse"):
+            return False
+        t, d, t2 = a.shape[-2], a.shape[-1], b.shape[-1]
+        pairs = self.ranking.p.numel() if self.ranking is not None else 0
+        direct = t * t2 * (d + pairs)
+        moments = t * d * (d + pairs) + (d * t2 * pairs if which == 1 else 0)
+        return moments < direct
+
+    def _search_score_moments(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+        """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate's loss from
+        :class:`~vitq.calibration.score_moments.ScoreMoments`; the choice is confirmed by a direct
+        evaluation, so a near tie misjudged by float rounding keeps the current interval."""
+        q, other_q = (self.qa, self.qb) if which == 0 else (self.qb, self.qa)
+        x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
+        moments = ScoreMoments(which, other_q.fake_quant_with(other, other_q.scale), self.stats, self.ranking,
+                               getattr(self, "gamma", 0.0))
+        factors = self._factors(num_candidates)
+
+        old = q.scale.clone()
+
+        def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
+            for i in indices:
+                cache[i] = moments.loss(self._fq_into(q, x, old if i < 0 else base * factors[i]))
+
+        cache: dict[int, float] = {}
+        evaluate_many([-1], cache)  # the current interval, on the same footing as the candidates
+        self._coarse_to_fine(len(factors), lambda idx: evaluate_many(idx, cache), cache)
+        best = min((i for i in cache if i >= 0), key=cache.__getitem__)
+        if not cache[best] < cache[-1]:
+            return current_loss
+        q.scale.copy_(base * factors[best])
+        new_loss = self.current_loss()
+        if new_loss < current_loss:
+            return new_loss
+        q.scale.copy_(old)
+        return current_loss
 
     # -- (2) coarse-to-fine over the grid -------------------------------------------------------------------
     def _search_grid(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:

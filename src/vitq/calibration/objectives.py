@@ -40,12 +40,21 @@ def objective_sum(out: torch.Tensor, stats: TargetStats, rows: slice) -> float:
     """
     n = out.shape[0]
     o = out.reshape(n, -1).float()
-    dot, sq, total = (v.double() for v in sample_moments(o, stats.t[rows]))
+    dot, sq, total = sample_moments(o, stats.t[rows])
+    return objective_from_moments(dot, sq, total, stats, rows, o.shape[-1])
+
+
+def objective_from_moments(dot: torch.Tensor, sq: torch.Tensor, total: torch.Tensor, stats: TargetStats,
+                           rows: slice, numel: int) -> float:
+    """:func:`objective_sum` from the per-sample moments of the output ``o`` (``numel`` elements per
+    sample): ``dot = sum(o * t)`` with the (centred) target of ``stats``, ``sq = sum(o^2)``,
+    ``total = sum(o)``, each of shape ``(n,)``."""
+    dot, sq, total = dot.double(), sq.double(), total.double()
     if stats.objective == "mse":
         t_sq = stats.t_norm[rows].double().pow(2)
-        return ((sq - 2 * dot + t_sq) / o.shape[-1]).sum().item()
+        return ((sq - 2 * dot + t_sq) / numel).sum().item()
     if stats.objective == "pearson":
-        sq = sq - total.pow(2) / o.shape[-1]
+        sq = sq - total.pow(2) / numel
     den = sq.clamp_min(0).sqrt() * stats.t_norm[rows].double()
     sim = torch.where(den > 0, dot / den.clamp_min(1e-300), torch.zeros_like(dot))
     return -sim.sum().item()
@@ -81,16 +90,21 @@ class RankingPairs:
         scale = d.abs().mean().item() or 1.0
         return cls(p=p, q=q, sign=torch.sign(d), scale=scale, margin=margin)
 
+    def pair_matrix(self, w: int, dtype: torch.dtype) -> torch.Tensor:
+        """``D`` (w, pairs) with +1 at row p and -1 at row q of each pair's column: ``A @ D`` is
+        A_p - A_q for every row of A at once (a GEMM is ~10x faster here than two gathers)."""
+        if self._diff is None or self._diff.dtype != dtype:
+            cols = torch.arange(self.p.numel())
+            self._diff = torch.zeros(w, self.p.numel(), dtype=dtype)
+            self._diff.index_put_((self.p, cols), torch.ones(cols.numel(), dtype=dtype), accumulate=True)
+            self._diff.index_put_((self.q, cols), -torch.ones(cols.numel(), dtype=dtype), accumulate=True)
+        return self._diff
+
     def loss_sum(self, scores_hat: torch.Tensor, rows: slice) -> float:
         """Sum over samples in ``rows`` of the per-sample mean hinge (theta - m)_+ (Eq. 10), normalised."""
-        # A_p - A_q for every row at once as one matmul with a (w, pairs) matrix of +1/-1 columns:
-        # a GEMM is ~10x faster here than two gathers along the last dimension.
-        if self._diff is None or self._diff.dtype != scores_hat.dtype:
-            w = scores_hat.shape[-1]
-            cols = torch.arange(self.p.numel())
-            self._diff = torch.zeros(w, self.p.numel(), dtype=scores_hat.dtype)
-            self._diff.index_put_((self.p, cols), torch.ones(cols.numel(), dtype=scores_hat.dtype), accumulate=True)
-            self._diff.index_put_((self.q, cols), -torch.ones(cols.numel(), dtype=scores_hat.dtype), accumulate=True)
-        m = torch.matmul(scores_hat, self._diff)
+        return self.hinge_sum(torch.matmul(scores_hat, self.pair_matrix(scores_hat.shape[-1], scores_hat.dtype)), rows)
+
+    def hinge_sum(self, m: torch.Tensor, rows: slice) -> float:
+        """:meth:`loss_sum` from the pair differences ``m = scores_hat @ D`` (consumed in place)."""
         m.mul_(self.sign[rows]).div_(-self.scale).add_(self.margin).clamp_(min=0)  # (theta - m)_+
         return m.reshape(m.shape[0], -1).mean(dim=1).sum().item()
