@@ -6,6 +6,12 @@ benchmarks/results/calibration_speed.json (merged by case). Example (the committ
 
     python benchmarks/calibration_speed.py --cases deit-s-32 --threads 2
     python benchmarks/calibration_speed.py --cases deit-s-32 --reference --threads 2
+    python benchmarks/calibration_speed.py --cases deit-s-d2-32 --reference --same-inputs --threads 2
+
+``--reference`` runs the reference search over the whole model: from the first op on which the two
+pick other intervals, later ops see other inputs, so their objectives differ by more than the search
+does. ``--same-inputs`` runs both searches on every op's own data (copies of the op, the data the
+calibration gives it) and counts the ops where they pick another interval.
 
 Weights are random (timm init, seeded) and images are seeded Gaussian noise: the timing and memory of
 the search do not depend on what the weights learned.
@@ -52,23 +58,73 @@ def run_case(name: str, search: str, threads: int, num_candidates: int) -> dict:
     torch.manual_seed(0)
     model = create_model(f"timm:{arch}", depth=depth)
     images = torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    cfg = vitq.QuantConfig(method="liu2021", w_bits=8, a_bits=8, num_candidates=num_candidates, search=search)
+    cfg = vitq.QuantConfig(method="liu2021", w_bits=8, a_bits=8, num_candidates=num_candidates,
+                           search="fast" if search == "same-inputs" else search)
     q = vitq.quantize(model, cfg)
+    same = SameInputs(cfg) if search == "same-inputs" else None
     t0 = time.perf_counter()
-    rep = vitq.calibrate(q, images, progress=False)
+    rep = vitq.calibrate(q, images, progress=False, on_op_data=same)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     load = os.getloadavg()[0]  # the machine is shared: a load above the thread count inflates seconds
     embed = model.embed_dim
+    if same is not None:
+        return {"case": name, "search": search, "ops": same.ops}
     return {"case": name, "search": search, "num_calib": n, "depth": depth, "dim": embed, "seconds": round(seconds, 1),
             "peak_rss_gib": round(peak, 3), "threads": threads, "load_avg_1min": round(load, 2), "num_candidates": num_candidates,
             "ops": [{"name": o.name, "loss_end": o.loss_end, "scales": o.scales} for o in rep.ops]}
+
+
+class SameInputs:
+    """``on_op_data`` of :func:`vitq.calibrate`: runs the reference and the fast search on copies of each
+    op with the very data the calibration gives it (same inputs, same ranking pairs), so a difference
+    in the chosen interval is the search's own, not one carried over from an earlier op."""
+
+    def __init__(self, cfg):
+        from vitq.methods.recipes import resolve_method
+
+        self.cfg, self.method, self.ops = cfg, resolve_method(cfg), []
+
+    def __call__(self, name, op, data) -> None:
+        import copy
+
+        import torch
+
+        from vitq.calibration.search import search_op
+
+        c = self.cfg
+        res = {"name": name}
+        for search in ("reference", "fast"):
+            shadow = copy.deepcopy(op)
+            t0 = time.perf_counter()
+            r = search_op(shadow, name, data, self.method, num_candidates=c.num_candidates, max_iters=c.max_iters,
+                          tol=c.tol, ranking_gamma=c.ranking_gamma, ranking_pairs=c.ranking_pairs,
+                          ranking_margin=c.ranking_margin, generator=torch.Generator().manual_seed(c.seed),
+                          fast=search == "fast")
+            qa, qb = shadow.quantizers()
+            res[search] = {"seconds": time.perf_counter() - t0, "loss_end": r.loss_end,
+                           "scales": [qa.scale.flatten().tolist(), qb.scale.flatten().tolist()]}
+        self.ops.append(res)
+
+
+def same_inputs_fields(ops: list[dict]) -> dict:
+    """The same-inputs comparison as row fields: ops on another interval, largest objective gap
+    (fast minus reference: > 0 where the fast search ended worse), and both searches' seconds."""
+    gaps = [o["fast"]["loss_end"] - o["reference"]["loss_end"] for o in ops]
+    return {"same_inputs_num_ops": len(ops),
+            "same_inputs_ops_with_other_interval": sum(o["fast"]["scales"] != o["reference"]["scales"] for o in ops),
+            "same_inputs_max_objective_diff": max(abs(g) for g in gaps),
+            "same_inputs_max_fast_worse_by": max(0.0, max(gaps)),
+            "same_inputs_reference_seconds": round(sum(o["reference"]["seconds"] for o in ops), 1),
+            "same_inputs_fast_seconds": round(sum(o["fast"]["seconds"] for o in ops), 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["deit-s-32"], choices=sorted(CASES))
     ap.add_argument("--reference", action="store_true", help="also run the reference search and compare")
+    ap.add_argument("--same-inputs", action="store_true",
+                    help="also run both searches on each op's own calibration data (one more run) and compare")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--num-candidates", type=int, default=100)
     ap.add_argument("--_child", nargs=2, metavar=("CASE", "SEARCH"), help=argparse.SUPPRESS)
@@ -84,12 +140,16 @@ def main() -> None:
     rows = load_rows(RESULTS)
     for case in args.cases:
         res = {}
-        for search in ("fast", "reference") if args.reference else ("fast",):
+        searches = ["fast"] + (["reference"] if args.reference else []) + (["same-inputs"] if args.same_inputs else [])
+        for search in searches:
             out = subprocess.run([sys.executable, __file__, "--_child", case, search, "--threads", str(args.threads),
                                   "--num-candidates", str(args.num_candidates)], capture_output=True, text=True,
                                  check=True)
             res[search] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{case} {search}: {res[search]['seconds']} s, peak RSS {res[search]['peak_rss_gib']} GiB", flush=True)
+            if search == "same-inputs":
+                print(f"{case} {search}: {same_inputs_fields(res[search]['ops'])}", flush=True)
+            else:
+                print(f"{case} {search}: {res[search]['seconds']} s, peak RSS {res[search]['peak_rss_gib']} GiB", flush=True)
         fast = res["fast"]
         row = {k: fast[k] for k in ("case", "num_calib", "depth", "dim", "seconds", "peak_rss_gib", "threads",
                                     "num_candidates", "load_avg_1min")}
@@ -111,6 +171,10 @@ def main() -> None:
                 if k in prev:
                     row[k] = prev[k]
             row["reference_seconds"] = row.get("reference_seconds")
+        if "same-inputs" in res:
+            row.update(same_inputs_fields(res["same-inputs"]["ops"]))
+        else:  # keep an earlier same-inputs comparison of the same case
+            row.update({k: v for k, v in prev.items() if k.startswith("same_inputs_")})
         rows = [r for r in rows if r["case"] != case] + [row]
         atomic_write_text(RESULTS, json.dumps({"rows": rows}, indent=1))
 

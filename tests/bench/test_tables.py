@@ -1,4 +1,4 @@
-from vitq.bench.tables import table1, table_compare, table_mp
+from vitq.bench.tables import table1, table_compare, table_mp, table_search
 
 
 def _row(method, bits, top1, **kw):
@@ -46,3 +46,13 @@ def test_fully_quantized_mp_rows_meet_the_fully_quantized_uniform_row():
             _row("liu2021", 5, 0.86, mixed_precision=True, mp_method="hessian", budget_mb=0.5, fully_quantized=True,
                  search_seconds=1.0)]
     assert "| hessian | liu2021, fully quantized | 0.5000 | 0.5000 | 86.00 | 87.00 | 1.0 |" in table_mp(rows, "m")
+
+
+def test_reference_rows_meet_the_fast_row_of_the_same_setting():
+    rows = [_row("liu2021", 8, 0.90, search="fast", agreement=0.99), _row("liu2021", 8, 0.91, search="reference"),
+            _row("liu2021", 6, 0.85, search="fast"), _row("liu2021", 6, 0.80, search="fast", post_softmax="log2"),
+            _row("liu2021", 6, 0.86, search="reference")]
+    t = table_search(rows, "m")
+    assert "| Liu et al. (ours) | W8A8 | 32 | 90.00 | 91.00 | -1.00 | 99.00 / - |" in t
+    assert "| Liu et al. (ours) | W6A6 | 32 | 85.00 | 86.00 | -1.00 |" in t  # not the log2-softmax variant
+    assert "no reference-search rows" in table_search(rows[:1], "m")

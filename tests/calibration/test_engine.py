@@ -104,3 +104,16 @@ def test_freeze_bakes_weights_without_changing_outputs(tiny_vit, calib_images):
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
     w = q.blocks[0].attn.qkv.weight
     assert len(torch.unique(w)) <= 16
+
+
+def test_on_op_data_sees_each_op_once_before_its_search(tiny_vit, calib_images):
+    seen = []
+
+    def hook(name, op, data):
+        assert not any(qz.enabled for qz in op.quantizers())  # its search has not run yet
+        assert data.a.shape[0] == calib_images.shape[0] and torch.isfinite(data.target).all()
+        seen.append(name)
+
+    q = vitq.quantize(tiny_vit, vitq.QuantConfig(method="liu2021", w_bits=8, a_bits=8, num_candidates=10))
+    rep = vitq.calibrate(q, calib_images, progress=False, on_op_data=hook)
+    assert seen == [o.name for o in rep.ops]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import vitq
 from vitq.bench.results import merge_rows
-from vitq.bench.tables import table1, table3, table_compare, table_mp
+from vitq.bench.tables import table1, table3, table_compare, table_mp, table_search
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
@@ -149,6 +149,9 @@ def write_tables(results: Path, model_name: str) -> Path:
             + "\n\n## Table 3: ablation\n" + table3(rows, model_name)
             + "\n\n## Ours, MPTQ-ViT and the peers (`vitq bench --peers`)\n" + table_compare(rows, model_name)
             + "\n\n## MPTQ-ViT's parts and other variants\n" + table_compare(rows, model_name, variants=True)
-            + "\n\n## Mixed precision vs uniform at the same size\n" + table_mp(rows, model_name) + "\n")
+            + "\n\n## Mixed precision vs uniform at the same size\n" + table_mp(rows, model_name))
+    if any(r["model"] == model_name and r.get("search") == "reference" for r in rows):
+        text += "\n\n## Fast vs reference search (`--search reference`)\n" + table_search(rows, model_name)
+    text += "\n"
     atomic_write_text(md, text)
     return md

@@ -141,6 +141,31 @@ def table_compare(rows: list[dict], model: str, variants: bool = False) -> str:
     return "\n".join(out) if out else "\n(no rows)"
 
 
+def _pair(a: dict, b: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    return " / ".join("-" if r.get(key) is None else fmt.format(scale * r[key]) for r in (a, b))
+
+
+def table_search(rows: list[dict], model: str) -> str:
+    """Reference-search rows next to the fast-search row of the same setting (``vitq bench --search``):
+    top-1, agreement with the float model's predictions, logits SQNR and calibration seconds."""
+    refs = [r for r in rows if r["model"] == model and r.get("search") == "reference" and not r.get("mixed_precision")]
+    if not refs:
+        return "\n(no reference-search rows)"
+    out = ["\n| Method | W/A | Calib. images | Top-1 fast (%) | Top-1 reference (%) | Fast - ref. (pt) | "
+           "Agreement fast / ref. (%) | Logits SQNR fast / ref. (dB) | Calib. s fast / ref. |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for ref in sorted(refs, key=lambda r: (r["method"], -r["w_bits"], r["num_calib"])):
+        fast = next((r for r in rows if r.get("search", "fast") == "fast" and same_setting(r, {**ref, "search": "fast"})
+                     and (r["w_bits"], r["a_bits"]) == (ref["w_bits"], ref["a_bits"])), None)
+        if fast is None:
+            continue
+        out.append(f"| {_variant_label(ref)} | W{ref['w_bits']}A{ref['a_bits']} | {ref['num_calib']} | "
+                   f"{_pct(fast['top1'])} | {_pct(ref['top1'])} | {100 * (fast['top1'] - ref['top1']):+.2f} | "
+                   f"{_pair(fast, ref, 'agreement', '{:.2f}', 100)} | {_pair(fast, ref, 'logits_sqnr_db', '{:.2f}')} | "
+                   f"{_pair(fast, ref, 'calib_seconds', '{:.1f}')} |")
+    return "\n".join(out)
+
+
 def table_mp(rows: list[dict], model: str) -> str:
     """Mixed precision at the size of uniform b bits against uniform b bits (Liu et al. Table 4 layout)."""
     mp = [r for r in rows if r["model"] == model and r.get("mixed_precision")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -140,7 +140,8 @@ def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen
 
 @torch.no_grad()
 def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConfig | None = None, *,
-              progress: bool = True) -> CalibrationReport:
+              progress: bool = True,
+              on_op_data: Callable[[str, QuantOp, OpData], None] | None = None) -> CalibrationReport:
     """Calibrate a model prepared by :func:`vitq.quantize` on unlabelled images, in place.
 
     Args:
@@ -148,6 +149,9 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
         data: calibration images ``(N, C, H, W)`` already preprocessed, or an iterable of batches.
         config: overrides the config given to ``quantize`` (method and search options).
         progress: show a progress bar over units.
+        on_op_data: called as ``on_op_data(name, op, data)`` for every op, with the data its search is
+            about to see and its intervals initialised (inspection; ``benchmarks/calibration_speed.py``
+            runs the fast and reference searches on copies of the op there). It must not modify them.
 
     Returns:
         A :class:`CalibrationReport` with the objective before/after the search of every op.
@@ -198,6 +202,8 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             if prep is not None:
                 prep.update_op_data(name, op_data)
             _init_intervals(op, op_data, method.init, config.percentile, gen)
+            if on_op_data is not None:
+                on_op_data(name, op, op_data)
             if method.objective is not None:
                 res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,
                                 max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,

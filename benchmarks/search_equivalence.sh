@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fast vs reference search on the real models: same method (Liu et al. W/A bits, 32 calibration
+# images), one command per search, rows in benchmarks/results/search_equivalence/. The fmnist-vit
+# and DINOv2 chains ran side by side, one thread each.
+set -euo pipefail
+OUT=benchmarks/results/search_equivalence
+fmnist() {
+  for s in fast reference; do
+    vitq --threads 1 bench --model fmnist-vit --bits 8 6 4 --methods liu2021 --num-calib 32 --no-ablation --search "$s" --out "$OUT"
+  done
+}
+dinov2() {
+  for s in reference fast; do
+    vitq --threads 1 bench --model dinov2-s14-fmnist --bits 8 6 --methods liu2021 --num-calib 32 --num-test 1000 --no-ablation --search "$s" --out "$OUT"
+  done
+}
+fmnist & dinov2 & wait
