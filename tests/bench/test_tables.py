@@ -53,6 +53,6 @@ def test_reference_rows_meet_the_fast_row_of_the_same_setting():
             _row("liu2021", 6, 0.85, search="fast"), _row("liu2021", 6, 0.80, search="fast", post_softmax="log2"),
             _row("liu2021", 6, 0.86, search="reference")]
     t = table_search(rows, "m")
-    assert "| Liu et al. (ours) | W8A8 | 32 | 90.00 | 91.00 | -1.00 | 99.00 / - |" in t
-    assert "| Liu et al. (ours) | W6A6 | 32 | 85.00 | 86.00 | -1.00 |" in t  # not the log2-softmax variant
+    assert "| Liu et al. (ours) | W8A8 | 32 / 100 | 90.00 | 91.00 | -1.00 | 99.00 / - |" in t
+    assert "| Liu et al. (ours) | W6A6 | 32 / 100 | 85.00 | 86.00 | -1.00 |" in t  # not the log2-softmax variant
     assert "no reference-search rows" in table_search(rows[:1], "m")

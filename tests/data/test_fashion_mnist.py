@@ -64,3 +64,13 @@ def test_test_subset_is_head_of_test_split():
     assert test_x.shape == (10000, 1, 28, 28)
     sub_x, sub_y = load_fmnist_subset("test")
     assert torch.equal(test_x[:2000], sub_x) and torch.equal(test_y[:2000], sub_y)
+
+
+def test_asking_for_more_images_than_the_source_holds_warns_and_uses_all(caplog):
+    from vitq.data.sources import load_images
+    from vitq.data.transforms import DataConfig
+
+    with caplog.at_level("WARNING", logger="vitq.data.sources"):
+        got = load_images("fmnist-subset:test", DataConfig(input_size=(1, 28, 28), mean=(0.5,), std=(0.5,), crop_pct=1.0), num=10**6)
+    assert len(got.labels) == len(load_fmnist_subset("test")[1])
+    assert "asked for 1000000 images but the source holds" in caplog.text

@@ -151,15 +151,15 @@ def table_search(rows: list[dict], model: str) -> str:
     refs = [r for r in rows if r["model"] == model and r.get("search") == "reference" and not r.get("mixed_precision")]
     if not refs:
         return "\n(no reference-search rows)"
-    out = ["\n| Method | W/A | Calib. images | Top-1 fast (%) | Top-1 reference (%) | Fast - ref. (pt) | "
+    out = ["\n| Method | W/A | Calib. / test images | Top-1 fast (%) | Top-1 reference (%) | Fast - ref. (pt) | "
            "Agreement fast / ref. (%) | Logits SQNR fast / ref. (dB) | Calib. s fast / ref. |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for ref in sorted(refs, key=lambda r: (r["method"], -r["w_bits"], r["num_calib"])):
+    for ref in sorted(refs, key=lambda r: (r["method"], -r["w_bits"], r["num_calib"], r["num_test"])):
         fast = next((r for r in rows if r.get("search", "fast") == "fast" and same_setting(r, {**ref, "search": "fast"})
                      and (r["w_bits"], r["a_bits"]) == (ref["w_bits"], ref["a_bits"])), None)
         if fast is None:
             continue
-        out.append(f"| {_variant_label(ref)} | W{ref['w_bits']}A{ref['a_bits']} | {ref['num_calib']} | "
+        out.append(f"| {_variant_label(ref)} | W{ref['w_bits']}A{ref['a_bits']} | {ref['num_calib']} / {ref['num_test']} | "
                    f"{_pct(fast['top1'])} | {_pct(ref['top1'])} | {100 * (fast['top1'] - ref['top1']):+.2f} | "
                    f"{_pair(fast, ref, 'agreement', '{:.2f}', 100)} | {_pair(fast, ref, 'logits_sqnr_db', '{:.2f}')} | "
                    f"{_pair(fast, ref, 'calib_seconds', '{:.1f}')} |")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ import torch
 
 from vitq.data.transforms import DataConfig, normalize_uint8
 from vitq.errors import CalibrationDataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +32,8 @@ class ImageSet:
 
 
 def _subsample(n_total: int, num: int | None, seed: int) -> list[int] | None:
+    if num is not None and num > n_total:
+        log.warning("asked for %d images but the source holds %d: using all %d", num, n_total, n_total)
     if num is None or num >= n_total:
         return None
     if num < 1:
