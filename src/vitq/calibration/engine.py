@@ -90,10 +90,10 @@ def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> tup
     """The unit's ops in the order its forward first calls them, and how often each is called per forward."""
     calls: dict[str, int] = {}
 
-    def hook(_m, _a, _o, n):
+    def count(n: str) -> None:
         calls[n] = calls.get(n, 0) + 1
 
-    handles = [op.register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n, op in unit_ops.items()]
+    handles = [op.register_forward_hook(lambda *_, n=n: count(n)) for n, op in unit_ops.items()]
     try:
         args, kwargs = inputs[0]
         unit(*args, **kwargs)
