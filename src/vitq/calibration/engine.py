@@ -86,8 +86,8 @@ def _is_chained(model: nn.Module, first: str, second: str) -> bool:
     return isinstance(model.get_submodule(p1), nn.Sequential)
 
 
-def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> tuple[list[str], dict[str, int]]:
-    """The unit's ops in the order its forward first calls them, and how often each is called per forward."""
+def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> dict[str, int]:
+    """How often the unit's forward calls each op, keyed in the order of the first calls."""
     calls: dict[str, int] = {}
 
     def count(n: str) -> None:
@@ -103,7 +103,7 @@ def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> tup
     missing = [n for n in unit_ops if n not in calls]
     if missing:
         raise VitqError(f"quantized ops {missing} are never called by the forward of their unit; cannot calibrate them")
-    return list(calls), calls
+    return calls
 
 
 def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str, calls_per_forward: int | None = None) -> OpData:
@@ -193,12 +193,11 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
         if prep is not None:
             prep.before_unit(uname, unit, inputs, unit_ops)
-        order, calls = _op_call_order(unit, inputs, unit_ops)
-        for name in order:
+        for name, calls in _op_call_order(unit, inputs, unit_ops).items():
             op = unit_ops[name]
             bar.set_postfix_str(name)
             t_op = time.perf_counter()
-            op_data = _collect_op_data(unit, inputs, op, name, calls[name])
+            op_data = _collect_op_data(unit, inputs, op, name, calls)
             if prep is not None:
                 prep.update_op_data(name, op_data)
             _init_intervals(op, op_data, method.init, config.percentile, gen)

@@ -42,7 +42,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vitq.calibration.objectives import objective_sum
+from vitq.calibration.objectives import OBJECTIVES, objective_sum
 from vitq.calibration.score_moments import ScoreMoments
 from vitq.calibration.search import OpData, OpSearch
 from vitq.quantizers.kernels import codes_into, fake_quant_into
@@ -179,7 +179,7 @@ class FastOpSearch(OpSearch):
     def _moments_apply(self, num_candidates: int) -> bool:
         if not self.data.b_is_weight or not self.is_linear or self.ranking is not None:
             return False
-        if self.method.objective not in ("pearson", "cosine", "mse"):
+        if self.method.objective not in OBJECTIVES:
             return False
         cout, cin = self.data.b.shape
         need = 4 * self.n * (cout * cin + cin * cin)
@@ -288,17 +288,23 @@ class FastOpSearch(OpSearch):
             cache.update(zip(range(len(factors)), evaluate(list(range(len(factors))))))
         else:
             self._coarse_to_fine(len(factors), lambda idx: cache.update(zip(idx, evaluate(idx))), cache)
+        return self._accept_confirmed(qb, base, factors, cache, old, current_loss)
+
+    def _accept_confirmed(self, q, base: torch.Tensor, factors: list[float], cache: dict[int, float],
+                          old: torch.Tensor, current_loss: float) -> float:
+        """Accept the best candidate of ``cache`` (losses computed another way than :meth:`current_loss`,
+        with the current interval ``old`` at index -1) if it beats the current interval there, and if
+        the direct computation confirms it; else keep ``old``. The confirmation keeps search histories
+        comparable and keeps the old interval where float rounding misjudged a near tie."""
         best = min((i for i in cache if i >= 0), key=cache.__getitem__)
         if not cache[best] < cache[-1]:
             return current_loss
-        # Confirm with the direct computation so search histories stay comparable; keep the old
-        # interval if float rounding of the moments misjudged a near tie.
-        qb.scale.copy_(base * factors[best])
+        q.scale.copy_(base * factors[best])
         new_loss = self.current_loss()
-        if new_loss >= current_loss:
-            qb.scale.copy_(old)
-            return current_loss
-        return new_loss
+        if new_loss < current_loss:
+            return new_loss
+        q.scale.copy_(old)
+        return current_loss
 
     def _accept_best(self, q, base: torch.Tensor, factors: list[float], evaluate_many, current_loss: float) -> float:
         """Coarse-to-fine over the grid; the best candidate replaces ``q``'s interval only if it is
@@ -349,7 +355,7 @@ class FastOpSearch(OpSearch):
         a, b = self.data.a, self.data.b
         if self.op.role != "attn_scores" or type(q) is not UniformQuantizer or a.dim() < 3 or b.dim() != a.dim():
             return False
-        if self.method.objective not in ("pearson", "cosine", "mse"):
+        if self.method.objective not in OBJECTIVES:
             return False
         t, d, t2 = a.shape[-2], a.shape[-1], b.shape[-1]
         pairs = self.ranking.p.numel() if self.ranking is not None else 0
@@ -359,14 +365,12 @@ class FastOpSearch(OpSearch):
 
     def _search_score_moments(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
         """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate's loss from
-        :class:`~vitq.calibration.score_moments.ScoreMoments`; the choice is confirmed by a direct
-        evaluation, so a near tie misjudged by float rounding keeps the current interval."""
+        :class:`~vitq.calibration.score_moments.ScoreMoments`, confirmed as the weight moments are."""
         q, other_q = (self.qa, self.qb) if which == 0 else (self.qb, self.qa)
         x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
         moments = ScoreMoments(which, other_q.fake_quant_with(other, other_q.scale), self.stats, self.ranking,
                                getattr(self, "gamma", 0.0))
         factors = self._factors(num_candidates)
-
         old = q.scale.clone()
 
         def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
@@ -376,15 +380,7 @@ class FastOpSearch(OpSearch):
         cache: dict[int, float] = {}
         evaluate_many([-1], cache)  # the current interval, on the same footing as the candidates
         self._coarse_to_fine(len(factors), lambda idx: evaluate_many(idx, cache), cache)
-        best = min((i for i in cache if i >= 0), key=cache.__getitem__)
-        if not cache[best] < cache[-1]:
-            return current_loss
-        q.scale.copy_(base * factors[best])
-        new_loss = self.current_loss()
-        if new_loss < current_loss:
-            return new_loss
-        q.scale.copy_(old)
-        return current_loss
+        return self._accept_confirmed(q, base, factors, cache, old, current_loss)
 
     # -- (2) coarse-to-fine over the grid -------------------------------------------------------------------
     def _search_grid(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
