@@ -81,9 +81,7 @@ class SameInputs:
     in the chosen interval is the search's own, not one carried over from an earlier op."""
 
     def __init__(self, cfg):
-        from vitq.methods.recipes import resolve_method
-
-        self.cfg, self.method, self.ops = cfg, resolve_method(cfg), []
+        self.cfg, self.method, self.ops = cfg, cfg.recipe().search, []
 
     def __call__(self, name, op, data) -> None:
         import copy

@@ -36,12 +36,12 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that only flags given on the command line override --config; unset values
     # fall back to the config file, then to QuantConfig's defaults (W8A8, liu2021, C=100, 20 rounds).
-    from vitq.methods import method_names
+    from vitq.recipes import recipe_names
 
     p.add_argument("--bits", type=int, help="weight and activation bits, 2..16 (default 8)")
     p.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
     p.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
-    p.add_argument("--method", choices=method_names(), help="calibration method (default liu2021)")
+    p.add_argument("--method", choices=recipe_names(), help="calibration method, a registered recipe (default liu2021)")
     p.add_argument("--num-calib", type=int, default=32, help="calibration images (default 32)")
     p.add_argument("--num-candidates", type=int, help="C, interval candidates (default 100)")
     p.add_argument("--max-iters", type=int, help="alternating search rounds at most (default 20)")

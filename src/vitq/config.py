@@ -1,8 +1,12 @@
 """Typed, validated quantization configuration that round-trips to JSON.
 
-:class:`QuantConfig` says what to quantize (bits, granularity, head) and how to calibrate (the method
-recipe and its search hyper-parameters). Per-layer bit-widths (a mixed-precision plan) are an ordered
-map from module name or ``re:`` regular expression to bits, the same shape as torchao's ``FqnToConfig``.
+:class:`QuantConfig` says what to quantize (bits, granularity, head) and how to calibrate (the method,
+a registered :class:`~vitq.recipes.Recipe`, and its search hyper-parameters). Per-op options (a
+mixed-precision plan, and any other per-op choice: granularity, quantizer kind, recipe, float) are an
+ordered map from op name or ``re:`` regular expression to :class:`OpOptions`, the shape of torchao's
+``FqnToConfig``.
+
+JSON versions: 1 (plans set bits only) is read and upgraded; 2 is written.
 """
 
 from __future__ import annotations
@@ -14,8 +18,61 @@ from pathlib import Path
 
 from vitq.errors import ConfigError
 from vitq.quantizers.uniform import check_bits
+from vitq.recipes import Recipe, get_recipe
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: the quantizer kinds a plan entry's ``input_quantizer`` may name, per op role (first operand)
+INPUT_QUANTIZERS = {
+    "linear": ("uniform", "optm", "ptq4vit"),
+    "conv": ("uniform",),
+    "attn_scores": ("uniform",),
+    "attn_context": ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2"),
+}
+_ALL_INPUT_QUANTIZERS = tuple(dict.fromkeys(k for ks in INPUT_QUANTIZERS.values() for k in ks))
+
+
+@dataclass(frozen=True)
+class OpOptions:
+    """Per-op options of a plan entry; ``None`` keeps the model-wide value.
+
+    Attributes:
+        w_bits: bits of the op's weight (Linear / Conv) or second operand (K of Q·K^T, V of attn·V).
+        a_bits: bits of the op's input (first operand).
+        per_channel_weights: weight intervals per output channel (True) or per tensor (False).
+        input_quantizer: quantizer kind of the first operand (see :data:`INPUT_QUANTIZERS`); overrides
+            the recipe's choice for this op.
+        method: the registered recipe whose interval search calibrates this op.
+        enabled: ``False`` leaves the op in float (not quantized, not calibrated).
+    """
+
+    w_bits: int | None = None
+    a_bits: int | None = None
+    per_channel_weights: bool | None = None
+    input_quantizer: str | None = None
+    method: str | None = None
+    enabled: bool | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> OpOptions:
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or not d or not set(d) <= known:
+            raise ConfigError(f"{where}={d!r}: expected a non-empty dict with keys among {sorted(known)}")
+        for k in ("w_bits", "a_bits"):
+            if d.get(k) is not None:
+                check_bits(d[k], f"{where}.{k}")
+        for k in ("per_channel_weights", "enabled"):
+            if d.get(k) is not None and not isinstance(d[k], bool):
+                raise ConfigError(f"{where}.{k}={d[k]!r} must be true or false")
+        if d.get("input_quantizer") is not None and d["input_quantizer"] not in _ALL_INPUT_QUANTIZERS:
+            raise ConfigError(f"{where}.input_quantizer={d['input_quantizer']!r}: choose one of "
+                              f"{', '.join(_ALL_INPUT_QUANTIZERS)}")
+        if d.get("method") is not None:
+            get_recipe(d["method"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -25,10 +82,11 @@ class QuantConfig:
     Attributes:
         w_bits: weight bit-width (2..16) of every quantized Linear / Conv.
         a_bits: bit-width of every matmul input: Linear inputs and both operands of Q·K^T and attn·V.
-        method: calibration recipe, see :mod:`vitq.methods` (``liu2021``, ``minmax``, ``percentile``,
-            ``easyquant``, ``mse``, and the ablations ``liu2021-sim``, ``liu2021-sim+rank``, ``liu2021-sim+bc``;
-            ``mptq``, ``mptq-sqb``, ``mptq-optm``, ``ptq4vit``, ``repq-vit``: :mod:`vitq.methods.extended`).
-        per_channel_weights: one weight interval per output channel instead of per tensor (the paper).
+        method: the calibration recipe, a name in :data:`vitq.recipes.RECIPES` (``liu2021``, ``minmax``,
+            ``percentile``, ``easyquant``, ``mse``, the ablations ``liu2021-sim``, ``liu2021-sim+rank``,
+            ``liu2021-sim+bc``; ``mptq``, ``mptq-sqb``, ``mptq-optm``, ``ptq4vit``, ``repq-vit``).
+        per_channel_weights: one weight interval per output channel (True) or per tensor (False); ``None``
+            takes the recipe's default (per tensor for every recipe of the papers).
         quantize_head: also quantize the classification head (the paper lists W^E and the block weights
             only, so the default keeps the head in float).
         num_candidates: C, the number of interval candidates in [alpha*Delta, beta*Delta] (Liu et al. 3.2).
@@ -45,7 +103,8 @@ class QuantConfig:
             :mod:`vitq.calibration.fast_search`) or ``"reference"`` (exhaustive, the straightforward search).
         batch_size: calibration forward batch size.
         seed: seeds the calibration image sample and the ranking pairs.
-        plan: per-op bits, ``{name or "re:regex": {"w_bits": b, "a_bits": b}}``; the first match wins.
+        plan: per-op options, ``{name or "re:regex": {"w_bits": b, "a_bits": b, ...}}`` (keys of
+            :class:`OpOptions`); the first matching entry wins.
         sqb: SQ-b (MPTQ-ViT): fold a per-channel shift and SmoothQuant scale of every LayerNorm output
             into the LayerNorm and the Linears it feeds (see :mod:`vitq.transforms.smoothing`).
         sqb_shift: with ``sqb``, include the shift (bias term); ``False`` is plain SmoothQuant.
@@ -54,13 +113,13 @@ class QuantConfig:
         optm: OPT-m two-region quantizer (power-of-two ratio searched) on post-GELU activations.
         optm_softmax: OPT-m's two-region search on post-softmax attention maps too.
         fully_quantized: also quantize LayerNorm inputs (power-of-two factors) and softmax outputs
-            (log2), as FQ-ViT; off by default. Recipes and flags: :mod:`vitq.methods.extended`.
+            (log2), as FQ-ViT; off by default. The flags override the recipe's choices (:meth:`vitq.recipes.Recipe.resolve`).
     """
 
     w_bits: int = 8
     a_bits: int = 8
     method: str = "liu2021"
-    per_channel_weights: bool = False
+    per_channel_weights: bool | None = None
     quantize_head: bool = False
     num_candidates: int = 100
     alpha: float | None = None
@@ -81,16 +140,13 @@ class QuantConfig:
     optm: bool = False
     optm_softmax: bool = False
     fully_quantized: bool = False
-    plan: dict[str, dict[str, int]] = field(default_factory=dict)
+    plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")
         check_bits(self.a_bits, "a_bits")
-        from vitq.methods import method_names
-
-        if self.method not in method_names():
-            raise ConfigError(f"method={self.method!r} is unknown; choose one of {', '.join(method_names())}")
+        recipe = get_recipe(self.method)
         if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
             raise ConfigError(f"num_candidates={self.num_candidates!r} must be a positive integer")
         if not isinstance(self.max_iters, int) or self.max_iters < 1:
@@ -109,36 +165,52 @@ class QuantConfig:
             raise ConfigError(f"search={self.search!r}: choose 'fast' or 'reference'")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be a positive integer")
-        for name in ("sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
+        if self.per_channel_weights is not None and not isinstance(self.per_channel_weights, bool):
+            raise ConfigError(f"per_channel_weights={self.per_channel_weights!r} must be true, false or null")
+        for name in ("quantize_head", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         a = self.smoothquant_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
             raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] or null (search it)")
-        from vitq.methods.extended import resolve_choices
-
-        resolve_choices(self)  # flag / recipe conflicts
+        recipe.resolve(self)  # flag / recipe conflicts
         if self.version != CONFIG_VERSION:
-            raise ConfigError(f"config version {self.version} is not supported (this vitq reads {CONFIG_VERSION})")
-        for key, bits in self.plan.items():
-            if not isinstance(bits, dict) or not set(bits) <= {"w_bits", "a_bits"}:
-                raise ConfigError(f"plan[{key!r}]={bits!r}: expected a dict with keys w_bits and/or a_bits")
-            for k, b in bits.items():
-                check_bits(b, f"plan[{key!r}].{k}")
+            raise ConfigError(f"config version {self.version} is not supported (this vitq writes {CONFIG_VERSION} "
+                              f"and reads {', '.join(map(str, READABLE_VERSIONS))})")
+        if not isinstance(self.plan, dict):
+            raise ConfigError(f"plan={self.plan!r} must be a dict from op name or 're:regex' to options")
+        self._plan = {key: OpOptions.from_dict(opts, f"plan[{key!r}]") for key, opts in self.plan.items()}
+        for key in self.plan:
             if key.startswith("re:"):
                 try:
                     re.compile(key[3:])
                 except re.error as e:
                     raise ConfigError(f"plan key {key!r} is not a valid regular expression: {e}") from e
 
-    # -- per-op bits -----------------------------------------------------------------------------------
+    # -- the recipe and per-op options ----------------------------------------------------------------
+    def recipe(self) -> Recipe:
+        """The effective recipe: ``method``'s registered recipe with this config's flags applied."""
+        return get_recipe(self.method).resolve(self)
+
+    def plan_entry(self, op_name: str) -> tuple[str | None, OpOptions]:
+        """The first plan key matching the op's qualified name and its options (``(None, OpOptions())``)."""
+        for key, opts in self._plan.items():
+            if re.fullmatch(key[3:], op_name) if key.startswith("re:") else key == op_name:
+                return key, opts
+        return None, OpOptions()
+
     def bits_for(self, op_name: str) -> tuple[int, int]:
         """``(w_bits, a_bits)`` for the op with this qualified name: the first matching plan entry, else uniform."""
-        for key, bits in self.plan.items():
-            hit = re.fullmatch(key[3:], op_name) if key.startswith("re:") else key == op_name
-            if hit:
-                return bits.get("w_bits", self.w_bits), bits.get("a_bits", self.a_bits)
-        return self.w_bits, self.a_bits
+        opts = self.plan_entry(op_name)[1]
+        return (self.w_bits if opts.w_bits is None else opts.w_bits,
+                self.a_bits if opts.a_bits is None else opts.a_bits)
+
+    def per_channel_for(self, op_name: str, recipe: Recipe | None = None) -> bool:
+        """Whether this op's weight has one interval per output channel."""
+        opts = self.plan_entry(op_name)[1]
+        if opts.per_channel_weights is not None:
+            return opts.per_channel_weights
+        return (recipe or self.recipe()).per_channel_weights
 
     # -- JSON ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -146,10 +218,20 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantConfig:
+        """Build from a dict; version 1 configs (plans of bits only, per-tensor weights as ``false``) are
+        upgraded to the current version."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        d = dict(d)
+        version = d.get("version", CONFIG_VERSION)
+        if version not in READABLE_VERSIONS:
+            raise ConfigError(f"config version {version!r} is not supported (this vitq reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
+        d["version"] = CONFIG_VERSION  # v1 -> v2 changes no meaning: every v1 field reads the same
         return cls(**d)
 
     def to_json(self, path: str | Path | None = None) -> str:

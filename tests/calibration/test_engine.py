@@ -5,6 +5,7 @@ from conftest import make_tiny_vit
 import vitq
 from vitq.errors import CalibrationDataError, NonFiniteError, VitqError
 from vitq.eval.metrics import sqnr_db
+from vitq.nn.qops import quant_ops
 
 FAST = dict(num_candidates=25, max_iters=3)
 
@@ -53,7 +54,7 @@ def test_every_method_calibrates_every_op(tiny_vit, calib_images, method):
     q = vitq.quantize(tiny_vit, vitq.QuantConfig(method=method, num_candidates=5, max_iters=1))
     rep = vitq.calibrate(q, calib_images, progress=False)
     assert len(rep.ops) == sum(vitq.count_quant_ops(q).values())
-    assert all(op.quant_enabled for op in vitq.api.quant_ops(q).values())
+    assert all(op.quant_enabled for op in quant_ops(q).values())
 
 
 def test_percentile_clips_below_max(tiny_vit, calib_images):

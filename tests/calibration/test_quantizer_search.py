@@ -5,7 +5,9 @@ import vitq
 from vitq.calibration.hessian import output_grad_squares
 from vitq.calibration.quantizer_search import extended_searcher
 from vitq.calibration.search import OpSearch
-from vitq.methods.recipes import METHODS
+from vitq.recipes import RECIPES
+
+METHODS = {n: r.search for n, r in RECIPES.items()}
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.base import SearchableQuantizer
 from vitq.quantizers.uniform import fake_quantize, max_scale

@@ -6,7 +6,9 @@ import torch
 from vitq.calibration.fast_search import FastOpSearch
 from vitq.calibration.score_moments import ScoreMoments
 from vitq.calibration.search import OpData, OpSearch, search_op
-from vitq.methods.recipes import METHODS
+from vitq.recipes import RECIPES
+
+METHODS = {n: r.search for n, r in RECIPES.items()}
 from vitq.nn.qops import OpQuantSpec, QuantMatMul
 
 

@@ -3,7 +3,9 @@ import torch
 import torch.nn as nn
 
 from vitq.calibration.search import OpData, search_op
-from vitq.methods.recipes import METHODS
+from vitq.recipes import RECIPES
+
+METHODS = {n: r.search for n, r in RECIPES.items()}
 from vitq.nn.qops import OpQuantSpec, QuantLinear, QuantMatMul
 
 

@@ -28,7 +28,6 @@ from vitq.data.sources import load_images
 from vitq.errors import ConfigError
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
-from vitq.methods.extended import recipe_flags
 from vitq.models.loading import create_model, model_data_config
 from vitq.mp.probe import CHEAP_INITS
 from vitq.mp.search import MP_METHODS, search_plan
@@ -109,7 +108,8 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
     targets = [(b, None) for b in bits] + [(_bits_under(model, mb), mb) for mb in budgets_mb]
     for b, budget_mb in targets:
         cfg = dict(w_bits=b, a_bits=b, method=method, seed=seed, search=search, **(config_overrides or {}))
-        flags = recipe_flags(vitq.QuantConfig(**cfg))  # smoothing / quantizer choices: part of the row key
+        qc = vitq.QuantConfig(**cfg)
+        flags = qc.recipe().row_fields(qc)  # smoothing / quantizer choices: part of the row key
         if uniform and budget_mb is None:
             q = vitq.quantize(model, vitq.QuantConfig(**cfg))
             rep = vitq.calibrate(q, calib.images, progress=False)

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 import vitq
 from vitq.bench.results import merge_rows
-from vitq.bench.tables import table1, table3, table_compare, table_mp, table_search
+from vitq.bench.tables import ABLATION, TABLE1_METHODS, table1, table3, table_compare, table_mp, table_search
+from vitq.recipes import recipe_names
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
-from vitq.methods.extended import recipe_flags
 from vitq.models.loading import create_model, model_data_config
 from vitq.utils.atomic import atomic_write_text
 
@@ -46,11 +46,11 @@ BENCH_MODELS = {
     # 2,000 test images: one float evaluation of the 22M-parameter backbone takes about a minute here.
     "dinov2-s14-fmnist": BenchModel("vitq:dinov2-s14-fmnist", "fmnist-subset:calib", "fmnist-subset:test"),
 }
-TABLE1_METHODS = ("minmax", "percentile", "easyquant", "mse", "liu2021")
-ABLATION_METHODS = ("liu2021-sim", "liu2021-sim+rank", "liu2021-sim+bc")
-# What ``--peers`` adds to the methods, so that one command makes the whole comparison table: MPTQ-ViT
-# (our second method) and the two research peers as vitq recipes; ONNX Runtime's own PTQ runs beside them.
-PEER_METHODS = ("mptq", "ptq4vit", "repq-vit")
+# From the recipe registry: Table 1's methods, the ablation rows beyond them, and what ``--peers`` adds
+# so that one command makes the whole comparison table (MPTQ-ViT and the research peers as vitq
+# recipes; ONNX Runtime's own PTQ runs beside them).
+ABLATION_METHODS = tuple(m for m, *_ in ABLATION if m not in TABLE1_METHODS)
+PEER_METHODS = tuple(recipe_names(peer=True))
 
 
 def with_peer_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
@@ -128,7 +128,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
                "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
                "eval_seconds": round(time.perf_counter() - t0, 2), "search": search,
-               **recipe_flags(cfg)}  # quantizer / smoothing choices of mptq, ptq4vit, repq-vit
+               **cfg.recipe().row_fields(cfg)}  # quantizer / smoothing choices of mptq, ptq4vit, repq-vit
         log.info("%s %s W%dA%d n=%d: top-1 %.4f (float %.4f), calib %.1fs", model_name, method, b, b, n,
                  row["top1"], top1_float, rep.seconds)
         rows.append(row)

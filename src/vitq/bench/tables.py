@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from vitq.recipes import RECIPES, recipe_names
+
 METHOD_LABELS = {
     "minmax": "MinMax", "percentile": "Percentile", "easyquant": "EasyQuant", "mse": "MSE",
     "liu2021": "Liu et al. (ours)", "liu2021-sim": "Similarity", "liu2021-sim+rank": "Similarity + Ranking",
     "liu2021-sim+bc": "Similarity + Bias corr.",
 }
-TABLE1_METHODS = ("minmax", "percentile", "easyquant", "mse", "liu2021")
-ABLATION = (("liu2021-sim", "yes", "", ""), ("liu2021-sim+rank", "yes", "yes", ""),
-            ("liu2021-sim+bc", "yes", "", "yes"), ("liu2021", "yes", "yes", "yes"))
+# Every list below is read from the recipe registry (vitq.recipes): a new recipe lands in the tables
+# by its flags (table / ablation / peer), never by editing this file.
+TABLE1_METHODS = tuple(recipe_names(table=True))
+# Table 3 rows: (method, similarity, ranking, bias correction), the full method last.
+ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes" if RECIPES[n].search.ranking else "",
+                          "yes" if RECIPES[n].search.bias_correction else "") for n in recipe_names(ablation=True)),
+                        key=lambda row: row.count("yes")))
 
 
 VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized")
-COMPARE_METHODS = ("minmax", "percentile", "easyquant", "liu2021", "mptq", "mptq-sqb", "mptq-optm", "ptq4vit",
-                   "repq-vit", "ort-minmax", "ort-percentile", "ort-entropy")
-# The comparison proper: what ``vitq bench --peers`` runs (MPTQ-ViT's parts go with the variants).
-MAIN_COMPARE_METHODS = tuple(m for m in COMPARE_METHODS if m not in ("mptq-sqb", "mptq-optm"))
+ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
+COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
+# The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
+# ``mptq-sqb``, go with the variants).
+MAIN_COMPARE_METHODS = tuple(m for m in COMPARE_METHODS if m not in RECIPES or RECIPES[m].table or RECIPES[m].peer)
 
 
 def same_setting(uniform: dict, mp_row: dict) -> bool:

@@ -23,7 +23,9 @@ from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
-from vitq.methods.recipes import resolve_method
+from vitq.info import get_quant_info
+from vitq.models.base import adapter_by_name
+from vitq.recipes import SearchSpec, get_recipe
 from vitq.nn.qops import QuantOp, quant_ops
 from vitq.quantizers.base import SearchableQuantizer
 
@@ -138,6 +140,12 @@ def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen
         qb.init_max(data.b)
 
 
+def op_search_spec(config: QuantConfig, default: SearchSpec, name: str) -> SearchSpec:
+    """The interval search of one op: its plan entry's ``method`` recipe's, else the config's recipe's."""
+    method = config.plan_entry(name)[1].method
+    return default if method is None else get_recipe(method).search
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConfig | None = None, *,
               progress: bool = True,
@@ -156,20 +164,18 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     Returns:
         A :class:`CalibrationReport` with the objective before/after the search of every op.
     """
-    from vitq.api import get_quant_info
-    from vitq.models.base import adapter_by_name
-
     info = get_quant_info(model)
     config = config or info.config
-    method = resolve_method(config)
+    recipe = config.recipe()
     adapter = adapter_by_name(info.adapter)
     batches = as_batches(data, config.batch_size)
     device = next(model.parameters()).device
     batches = [b.to(device) for b in batches]
     gen = torch.Generator().manual_seed(config.seed)
-    # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
-    prep = UnitPreparation.build(model, config, method, batches, info.forward)
     ops = quant_ops(model)
+    searches = {name: op_search_spec(config, recipe.search, name) for name in ops}
+    # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
+    prep = UnitPreparation.build(model, config, recipe, searches, batches, info.forward)
     for op in ops.values():
         op.set_enabled(False)
     units = adapter.calibration_units(model)
@@ -200,11 +206,12 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             op_data = _collect_op_data(unit, inputs, op, name, calls)
             if prep is not None:
                 prep.update_op_data(name, op_data)
-            _init_intervals(op, op_data, method.init, config.percentile, gen)
+            spec = searches[name]
+            _init_intervals(op, op_data, spec.init, config.percentile, gen)
             if on_op_data is not None:
                 on_op_data(name, op, op_data)
-            if method.objective is not None:
-                res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,
+            if spec.objective is not None:
+                res = search_op(op, name, op_data, spec, num_candidates=config.num_candidates,
                                 max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
                                 ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
                                 generator=gen, fast=config.search == "fast")
@@ -223,6 +230,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = None
     report.seconds = time.perf_counter() - t0
     info.calibrated = True
+    info.calibration = {"method": config.method, "num_images": report.num_images, "seconds": round(report.seconds, 3)}
     model.train(was_training)
     log.info("calibrated %d ops with %s on %d images in %.1fs", len(report.ops), config.method,
              report.num_images, report.seconds)

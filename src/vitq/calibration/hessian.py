@@ -22,14 +22,13 @@ import torch.nn.functional as F
 
 from vitq.errors import VitqError
 from vitq.eval.metrics import logits_of
+from vitq.nn.qops import quantization_disabled
 
 
 def output_grad_squares(model: nn.Module, batches: list[torch.Tensor], forward, ops: dict[str, nn.Module]
                         ) -> dict[str, torch.Tensor]:
     """``{op name: (dL/dO)^2}`` with the shape of the op's output concatenated over ``batches`` (and over
     repeated calls within a batch, in call order), L the float model's cross-entropy to its own top-1."""
-    from vitq.api import quantization_disabled
-
     out: dict[str, list[torch.Tensor]] = {n: [] for n in ops}
     with torch.enable_grad(), quantization_disabled(model):
         for b in batches:

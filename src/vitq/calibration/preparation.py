@@ -19,7 +19,6 @@ import torch.nn as nn
 
 from vitq.calibration.hessian import output_grad_squares
 from vitq.calibration.search import OpData
-from vitq.methods.extended import resolve_choices
 from vitq.nn.qops import QuantOp
 from vitq.transforms.smoothing import SmoothingRecord, smooth_unit
 
@@ -35,14 +34,19 @@ class UnitPreparation:
         self.batches, self.forward = batches, forward
         self.records: list[SmoothingRecord] = []
         self._weights: dict[str, torch.Tensor] = {}
+        self.hessian_ops: set[str] = set()
 
     @classmethod
-    def build(cls, model: nn.Module, config, method, batches: list[torch.Tensor], forward) -> UnitPreparation | None:
-        smoothing = resolve_choices(config).smoothing
-        hessian = method.objective == "hessian"
+    def build(cls, model: nn.Module, config, recipe, searches: dict, batches: list[torch.Tensor],
+              forward) -> UnitPreparation | None:
+        """``recipe`` is the effective recipe, ``searches`` each op's search spec."""
+        smoothing = recipe.smoothing
+        hessian = any(s.objective == "hessian" for s in searches.values())
         if smoothing is None and not hessian:
             return None
-        return cls(model, config, smoothing, hessian, batches, forward)
+        prep = cls(model, config, smoothing, hessian, batches, forward)
+        prep.hessian_ops = {n for n, s in searches.items() if s.objective == "hessian"}
+        return prep
 
     def before_unit(self, name: str, unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> None:
         if self.smoothing is not None:
@@ -59,5 +63,6 @@ class UnitPreparation:
             self._weights = output_grad_squares(self.model, self.batches, self.forward, unit_ops)
 
     def update_op_data(self, name: str, data: OpData) -> None:
-        if self.hessian:
-            data.out_weight = self._weights.pop(name, None)
+        weights = self._weights.pop(name, None)
+        if name in self.hessian_ops:
+            data.out_weight = weights

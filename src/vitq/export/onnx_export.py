@@ -304,7 +304,7 @@ def export_float_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAUL
                       example: torch.Tensor | None = None) -> Path:
     """Export the float model. A vitq-quantized model is exported with quantization disabled (a frozen
     one keeps its weights at their dequantized codes)."""
-    from vitq.api import quantization_disabled
+    from vitq.nn.qops import quantization_disabled
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,8 @@ from vitq.utils.atomic import atomic_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "vitq-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # v1: before the QuantInfo "calibration" record
 PACKED_FILE = "packed.safetensors"
 PACKED_SUFFIX = ".packed"
 MIN_PACK_BITS, MAX_PACK_BITS = 2, 8
@@ -148,7 +149,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, extra: dict | None = None) 
 def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Load a model written by :func:`save_packed` (``model``: as in :func:`load_quantized`)."""
     path = Path(path)
-    meta = read_meta(path, fmt=FORMAT, fmt_version=FORMAT_VERSION, weights_file=PACKED_FILE)
+    meta = read_meta(path, fmt=FORMAT, fmt_versions=READABLE_FORMAT_VERSIONS, weights_file=PACKED_FILE)
     qmodel = rebuild_quantized(meta, path, model)
     stored = load_file(str(path / PACKED_FILE))
     for alias, name in meta.get("aliases", {}).items():

@@ -1,7 +1,10 @@
 """Save and load quantized models: ``model.safetensors`` (tensors, including every interval buffer)
-plus ``vitq.json`` (architecture spec, config, per-op bits and intervals). Loading rebuilds the
-architecture from the spec, re-applies :func:`vitq.quantize` and loads the tensors; nothing is
-unpickled. Directories are written atomically."""
+plus ``vitq.json`` (the model's :class:`~vitq.info.QuantInfo` metadata: architecture spec, config,
+state; and per-op bits and intervals). Loading rebuilds the architecture from the spec, re-applies
+:func:`vitq.quantize` and loads the tensors; nothing is unpickled. Directories are written atomically.
+
+Format versions: 2 is written; 1 (vitq 0.1.0 before the recipe registry: no ``calibration`` record,
+config version 1) is read (``tests/fixtures/saved_v1``)."""
 
 from __future__ import annotations
 
@@ -13,17 +16,18 @@ import torch.nn as nn
 from safetensors.torch import load_model, save_model
 
 import vitq
-from vitq.api import get_quant_info, quantize
 from vitq.config import QuantConfig
-from vitq.data.transforms import DataConfig
 from vitq.errors import QuantizedModelFormatError
+from vitq.info import get_quant_info
+from vitq.lifecycle import quantize
 from vitq.nn.qops import quant_ops
 from vitq.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vitq-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "vitq.json"
 
@@ -48,17 +52,11 @@ def quant_params(model: nn.Module) -> dict:
 def quantized_meta(model: nn.Module, extra: dict | None = None, fmt: str = FORMAT,
                    fmt_version: int = FORMAT_VERSION) -> dict:
     """What ``vitq.json`` records: format, architecture spec, config, data config, state and per-op bits."""
-    info = get_quant_info(model)
     return {
         "format": fmt,
         "format_version": fmt_version,
         "vitq_version": vitq.__version__,
-        "adapter": info.adapter,
-        "model_spec": info.model_spec,
-        "config": info.config.to_dict(),
-        "data_config": info.data_config.to_dict(),
-        "calibrated": info.calibrated,
-        "frozen": info.frozen,
+        **get_quant_info(model).to_meta(),
         "ops": quant_params(model),
         "extra": extra or {},
     }
@@ -74,7 +72,7 @@ def save_quantized(model: nn.Module, path: str | Path, extra: dict | None = None
     return Path(path)
 
 
-def read_meta(path: str | Path, fmt: str = FORMAT, fmt_version: int = FORMAT_VERSION,
+def read_meta(path: str | Path, fmt: str = FORMAT, fmt_versions: tuple[int, ...] = READABLE_FORMAT_VERSIONS,
               weights_file: str = WEIGHTS_FILE) -> dict:
     path = Path(path)
     meta_file = path / META_FILE
@@ -84,9 +82,10 @@ def read_meta(path: str | Path, fmt: str = FORMAT, fmt_version: int = FORMAT_VER
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise QuantizedModelFormatError(f"{meta_file} is not valid JSON: {e}") from e
-    if meta.get("format") != fmt or meta.get("format_version") != fmt_version:
+    if meta.get("format") != fmt or meta.get("format_version") not in fmt_versions:
         raise QuantizedModelFormatError(
-            f"{meta_file}: format {meta.get('format')!r} v{meta.get('format_version')} is not {fmt} v{fmt_version}"
+            f"{meta_file}: format {meta.get('format')!r} v{meta.get('format_version')} is not {fmt} "
+            f"v{' or v'.join(map(str, fmt_versions))}"
         )
     return meta
 
@@ -140,9 +139,6 @@ def finish_load(qmodel: nn.Module, meta: dict) -> nn.Module:
     for name, op in ops.items():
         op.set_enabled(meta["ops"][name]["enabled"])
         op.weight_frozen = bool(meta["frozen"]) and op.has_weight
-    info = get_quant_info(qmodel)
-    info.calibrated, info.frozen = meta["calibrated"], meta["frozen"]
-    info.data_config = DataConfig.from_dict(meta["data_config"])
-    info.model_spec = meta.get("model_spec")
+    get_quant_info(qmodel).update_from_meta(meta)
     qmodel.eval()
     return qmodel

@@ -89,7 +89,7 @@ def hessian_traces(qmodel: nn.Module, units: Sequence[MPUnit], batches: Sequence
 
     ``qmodel`` runs in float (its quantizers must be disabled, as right after :func:`vitq.quantize`).
     """
-    from vitq.api import get_quant_info
+    from vitq.info import get_quant_info
     from vitq.eval.metrics import logits_of
 
     empty = [u.name for u in units if u.weight_numel == 0]

@@ -95,7 +95,7 @@ def find_units(qmodel: nn.Module, example: torch.Tensor, granularity: str = "mod
     Returns:
         ``(units, fixed_ops)``: units in forward order, and the op names that keep the base bit-width.
     """
-    from vitq.api import get_quant_info
+    from vitq.info import get_quant_info
     from vitq.models.base import adapter_by_name
 
     if granularity not in GRANULARITIES:

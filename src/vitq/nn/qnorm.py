@@ -1,7 +1,7 @@
 """A LayerNorm whose input is quantized: the fully quantized option (FQ-ViT's LayerNorm inputs).
 
 Not in the swap registry (LayerNorms stay float by default); the fully quantized option of
-:mod:`vitq.methods.extended` installs it on the LayerNorms inside calibration units. The input gets a
+:mod:`vitq.lifecycle.install` installs it on the LayerNorms inside calibration units. The input gets a
 Power-of-Two-Factor quantizer; the affine parameters gamma, beta stay float (an integer LayerNorm
 folds them into its output requantization), so the op's second operand is a
 :class:`~vitq.quantizers.base.FloatPassthrough`.

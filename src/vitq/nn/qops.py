@@ -10,6 +10,8 @@ For Linear/Conv the second operand is the weight, a constant; for MatMul both op
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -157,3 +159,30 @@ class QuantMatMul(QuantOp):
 def quant_ops(model: nn.Module) -> dict[str, QuantOp]:
     """All quantized ops of a model by qualified name, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantOp)}
+
+
+def set_quantization_enabled(model: nn.Module, enabled: bool) -> None:
+    for op in quant_ops(model).values():
+        op.set_enabled(enabled)
+
+
+@contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the quantized model in float inside the block; restores each op's state on exit."""
+    ops = quant_ops(model)
+    state = {n: [q.enabled for q in op.quantizers()] for n, op in ops.items()}
+    try:
+        set_quantization_enabled(model, False)
+        yield model
+    finally:
+        for n, op in ops.items():
+            for q, e in zip(op.quantizers(), state[n]):
+                q.enabled = e
+
+
+def count_quant_ops(model: nn.Module) -> dict[str, int]:
+    """Number of quantized ops by role (``linear``, ``conv``, ``attn_scores``, ``attn_context``)."""
+    counts: dict[str, int] = {}
+    for op in quant_ops(model).values():
+        counts[op.role] = counts.get(op.role, 0) + 1
+    return counts

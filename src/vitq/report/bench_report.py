@@ -16,17 +16,19 @@ from pathlib import Path
 
 from vitq.bench.results import REQUIRED
 from vitq.bench.tables import ABLATION, METHOD_LABELS, table1, table3
+from vitq.recipes import RECIPES
 from vitq.report.plots import PALETTE, legend_outside, pyplot, safe_name, save
 
 log = logging.getLogger(__name__)
 
-PEER_PREFIXES = ("ort-", "ptq4vit", "repq-vit", "mptq")
 ABLATION_METHODS = tuple(a[0] for a in ABLATION)  # sim, sim+rank, sim+bc, liu2021 (all)
 OURS = "liu2021"
 
 
 def is_peer(method: str) -> bool:
-    return method.startswith(PEER_PREFIXES)
+    """ONNX Runtime's quantizer and every recipe outside the Liu et al. tables (MPTQ-ViT and the peers)."""
+    r = RECIPES.get(method)
+    return method.startswith("ort-") or (r is not None and not (r.table or r.ablation))
 
 
 def is_mixed(row: dict) -> bool:

@@ -40,10 +40,8 @@ def objective_view(config: dict) -> tuple[str, bool]:
     is good, readable on a log axis. MSE-like objectives are shown as they are.
     """
     from vitq.config import QuantConfig
-    from vitq.methods.recipes import resolve_method
-
     try:
-        spec = resolve_method(QuantConfig.from_dict(config))
+        spec = QuantConfig.from_dict(config).recipe().search
     except (ConfigError, KeyError, TypeError, ValueError):
         return "calibration loss", False
     if spec.objective == "pearson":

@@ -3,7 +3,7 @@ import pytest
 from vitq.cli import _config_from_args, build_parser
 from vitq.config import QuantConfig
 from vitq.errors import ConfigError
-from vitq.methods.extended import QuantizerChoices, recipe_flags, resolve_choices
+from vitq.recipes import Quantizers
 from vitq.methods.extended_cli import extended_overrides
 
 
@@ -30,18 +30,25 @@ def test_invalid_combinations_are_named(kwargs, match):
 
 
 def test_flags_compose_with_any_method():
-    assert resolve_choices(QuantConfig(method="liu2021", sqb=True, optm=True)) == resolve_choices(QuantConfig(method="mptq"))
-    assert resolve_choices(QuantConfig(method="mptq", sqb_shift=False)).smoothing == "smoothquant"
-    assert resolve_choices(QuantConfig(method="easyquant")) == QuantizerChoices()
-    fq = resolve_choices(QuantConfig(method="repq-vit", fully_quantized=True))
+    composed, mptq = QuantConfig(method="liu2021", sqb=True, optm=True).recipe(), QuantConfig(method="mptq").recipe()
+    assert (composed.quantizers, composed.transforms, composed.search) == (mptq.quantizers, mptq.transforms, mptq.search)
+    assert QuantConfig(method="mptq", sqb_shift=False).recipe().smoothing == "smoothquant"
+    assert QuantConfig(method="easyquant").recipe().quantizers == Quantizers()
+    fq = QuantConfig(method="repq-vit", fully_quantized=True).recipe().quantizers
     assert fq.layernorm_input and fq.post_softmax == "log_sqrt2"  # the recipe's softmax quantizer is kept
-    assert resolve_choices(QuantConfig(fully_quantized=True)).post_softmax == "log2"
+    assert QuantConfig(fully_quantized=True).recipe().quantizers.post_softmax == "log2"
+
+
+def _row_fields(**kw):
+    c = QuantConfig(**kw)
+    return c.recipe().row_fields(c)
 
 
 def test_bench_row_flags():
-    assert recipe_flags(QuantConfig(method="liu2021")) == {}
-    assert recipe_flags(QuantConfig(method="mptq")) == {"smoothing": "sqb", "post_gelu": "optm", "smoothquant_alpha": "search"}
-    assert recipe_flags(QuantConfig(method="liu2021", fully_quantized=True)) == {"post_softmax": "log2", "fully_quantized": True}
+    assert _row_fields(method="liu2021") == {}
+    assert _row_fields(method="mptq") == {"smoothing": "sqb", "post_gelu": "optm", "smoothquant_alpha": "search"}
+    assert _row_fields(method="liu2021", fully_quantized=True) == {"post_softmax": "log2", "fully_quantized": True}
+    assert _row_fields(method="repq-vit") == {"smoothing": "repq", "post_softmax": "log_sqrt2"}
 
 
 def test_cli_flags_reach_the_config(tmp_path):

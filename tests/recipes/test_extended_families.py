@@ -67,5 +67,5 @@ def test_swin_folds_only_its_direct_layernorm_outputs():
 def test_optm_without_gelu_is_a_clear_error():
     from conftest import make_tiny_vit
 
-    with pytest.raises(UnsupportedModelError, match="no GELU module of VisionTransformer feeds a quantized Linear"):
+    with pytest.raises(UnsupportedModelError, match="recipe .mptq-optm.: post-GELU quantizer .optm. needs a GELU module of VisionTransformer"):
         vitq.quantize(make_tiny_vit(act_layer="relu"), vitq.QuantConfig(method="mptq-optm"))

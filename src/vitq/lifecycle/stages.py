@@ -1,0 +1,167 @@
+"""The stages of post-training quantization, each a small named object.
+
+    SwapModules -> InstallQuantizers -> Calibrate -> Freeze
+
+``vitq.quantize`` runs the first two, ``vitq.calibrate`` the third (the recipe's per-unit transforms,
+interval search and bias correction, :mod:`vitq.calibration.engine`), ``vitq.freeze`` the last;
+:func:`vitq.pipeline` runs all four in order. A stage reads and updates one
+:class:`PipelineState`; progress bars and reports name it by ``Stage.name``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from vitq.calibration.engine import CalibrationReport, calibrate
+from vitq.config import QuantConfig
+from vitq.errors import ConfigError, VitqError
+from vitq.info import QuantInfo, get_quant_info
+from vitq.models.base import get_adapter
+from vitq.nn.qops import OpQuantSpec, QuantMatMul, quant_ops
+from vitq.nn.registry import qmodule_for
+from vitq.lifecycle.install import install_quantizers
+from vitq.recipes import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineState:
+    """What flows through the stages: the model (float in, quantized out), the config and its effective
+    recipe, the calibration images and what each stage reports."""
+
+    model: nn.Module
+    config: QuantConfig
+    recipe: Recipe
+    calib: object = None
+    progress: bool = True
+    inplace: bool = False
+    report: CalibrationReport | None = None
+    notes: dict = field(default_factory=dict)
+
+
+class Stage:
+    name: str = "stage"
+
+    def run(self, state: PipelineState) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _swap(module: nn.Module, prefix: str, config: QuantConfig, recipe: Recipe, skip: set[str]) -> int:
+    count = 0
+    for name, child in list(module.named_children()):
+        full = f"{prefix}{name}"
+        if full in skip:
+            continue
+        qcls = qmodule_for(child)
+        if qcls is not None:
+            w_bits, a_bits = config.bits_for(full)
+            spec = OpQuantSpec(w_bits=w_bits, a_bits=a_bits, per_channel_weights=config.per_channel_for(full, recipe))
+            child = qcls.from_module(child, spec)
+            setattr(module, name, child)
+            count += 1
+        count += _swap(child, full + ".", config, recipe, skip)
+    return count
+
+
+def _float_by_plan(model: nn.Module, config: QuantConfig) -> set[str]:
+    """Modules a plan entry keeps in float (``enabled: false``)."""
+    return {n for n, m in model.named_modules() if n and qmodule_for(m) is not None
+            and config.plan_entry(n)[1].enabled is False}
+
+
+class SwapModules(Stage):
+    """Swap every Linear, the patch-embedding Conv and every attention module for its quantized
+    counterpart (registry :mod:`vitq.nn.registry`, adapters :mod:`vitq.models`); set per-op bits and
+    granularity from the config and its plan. Quantizers stay disabled until calibrated."""
+
+    name = "swap"
+
+    def run(self, state: PipelineState) -> None:
+        config, recipe = state.config, state.recipe
+        model = state.model
+        adapter = get_adapter(model)
+        spec_source = getattr(model, "vitq_model_spec", None)
+        if not state.inplace:
+            model = copy.deepcopy(model)
+        model.eval()
+        skip = set() if config.quantize_head else set(adapter.head_names(model))
+        kept_float = _float_by_plan(model, config)
+        n = _swap(model, "", config, recipe, skip | kept_float)
+        ops = quant_ops(model)
+        for name, op in ops.items():
+            key, opts = config.plan_entry(name)
+            if opts.enabled is False and isinstance(op, QuantMatMul):
+                raise ConfigError(f"plan[{key!r}].enabled=false: op {name} is an attention product, which "
+                                  "cannot be left in float by a plan entry; only Linear and Conv layers can")
+            w_bits, a_bits = config.bits_for(name)
+            op.set_bits(a_bits, w_bits if op.has_weight else a_bits)
+        unmatched = [k for k in config.plan if not any(config.plan_entry(n)[0] == k for n in [*ops, *kept_float])]
+        if unmatched:
+            raise ConfigError(f"plan keys {unmatched} match no quantized op of {type(model).__name__} "
+                              f"(ops are named like {', '.join(list(ops)[:3])}, ...)")
+        data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
+        model.vitq_info = QuantInfo(config=config, adapter=adapter.name, data_config=data_config,
+                                    model_spec=spec_source)
+        state.model = model
+        state.notes.update(adapter=adapter.name, swapped=n, float_by_plan=sorted(kept_float))
+        log.info("quantize: %s adapter swapped %d modules; %d quantized ops", adapter.name, n, len(ops))
+
+
+class InstallQuantizers(Stage):
+    """The recipe's quantizer kind at each activation role, and each plan entry's kind
+    (:mod:`vitq.lifecycle.install`)."""
+
+    name = "quantizers"
+
+    def run(self, state: PipelineState) -> None:
+        info = get_quant_info(state.model)
+        from vitq.models.base import adapter_by_name
+
+        state.notes["quantizers"] = install_quantizers(state.model, state.config, state.recipe,
+                                                       adapter_by_name(info.adapter), info.data_config)
+
+
+class Calibrate(Stage):
+    """The recipe's per-unit transforms, interval search and bias correction, unit by unit
+    (:func:`vitq.calibration.engine.calibrate`)."""
+
+    name = "calibrate"
+
+    def run(self, state: PipelineState) -> None:
+        if state.calib is None:
+            raise VitqError("the calibrate stage needs calibration images")
+        state.report = calibrate(state.model, state.calib, progress=state.progress)
+
+
+class Freeze(Stage):
+    """Bake the weight quantization: every quantized weight becomes ``codes * scale``."""
+
+    name = "freeze"
+
+    @torch.no_grad()
+    def run(self, state: PipelineState) -> None:
+        model = state.model
+        info = get_quant_info(model)
+        for name, op in quant_ops(model).items():
+            if not op.quant_enabled:
+                raise VitqError(f"op {name} is not calibrated; run vitq.calibrate(model, images) before freeze")
+            if op.has_weight:
+                op.weight.copy_(op.weight_quantizer(op.weight))
+                op.weight_frozen = True
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        info.frozen = True
+
+
+#: the whole pipeline, in order
+STAGES: tuple[Stage, ...] = (SwapModules(), InstallQuantizers(), Calibrate(), Freeze())

@@ -1,0 +1,34 @@
+"""Activation quantizers by kind name: the names recipes and plan entries use.
+
+``uniform`` is Eq. 8 of Liu et al.; the others plug in through :class:`~vitq.quantizers.base.SearchableQuantizer`.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from vitq.quantizers.affine import AffineQuantizer
+from vitq.quantizers.log import Log2Quantizer, LogSqrt2Quantizer
+from vitq.quantizers.two_region import TwinUniformQuantizer, TwoRegionQuantizer
+from vitq.quantizers.uniform import UniformQuantizer
+
+
+def post_gelu_quantizer(kind: str, bits: int) -> nn.Module:
+    """``uniform``, or the sign-split two-region quantizer (``optm`` searched ratio, ``ptq4vit`` fixed)."""
+    return UniformQuantizer(bits) if kind == "uniform" else TwoRegionQuantizer(bits, mode=kind)
+
+
+def post_softmax_quantizer(kind: str, bits: int) -> nn.Module:
+    """``uniform``, twin uniform (``optm``/``ptq4vit``), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT)."""
+    if kind == "uniform":
+        return UniformQuantizer(bits)
+    if kind == "log2":
+        return Log2Quantizer(bits)
+    if kind == "log_sqrt2":
+        return LogSqrt2Quantizer(bits)
+    return TwinUniformQuantizer(bits, mode=kind)
+
+
+def post_layernorm_quantizer(kind: str, bits: int) -> nn.Module:
+    """``uniform`` or ``affine`` (RepQ-ViT's asymmetric quantizer, reparameterised per tensor)."""
+    return UniformQuantizer(bits) if kind == "uniform" else AffineQuantizer(bits)

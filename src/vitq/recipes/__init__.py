@@ -1,0 +1,42 @@
+"""Calibration methods as registered recipes: ``vitq.recipes.RECIPES`` maps each name to its :class:`Recipe`.
+
+One module per method family fills the registry (:func:`register_recipe`):
+
+- :mod:`~vitq.recipes.baselines`: ``minmax``, ``percentile``, ``easyquant``, ``mse`` (Liu et al. Table 1).
+- :mod:`~vitq.recipes.liu2021`: ``liu2021`` and its ablation ``liu2021-sim``, ``-sim+rank``, ``-sim+bc``.
+- :mod:`~vitq.recipes.mptq`: ``mptq``, ``mptq-sqb``, ``mptq-optm`` (MPTQ-ViT's SQ-b and OPT-m).
+- :mod:`~vitq.recipes.ptq4vit`: ``ptq4vit``; :mod:`~vitq.recipes.repq_vit`: ``repq-vit``.
+
+Adding a method is one new module here with its ``@register_recipe`` factory, plus its import below.
+``python -c "import vitq.recipes as r; print(sorted(r.RECIPES))"`` lists every method the CLI accepts.
+"""
+
+from vitq.recipes import baselines, liu2021, mptq, ptq4vit, repq_vit  # noqa: F401  (registration)
+from vitq.recipes.base import (
+    RECIPES,
+    Quantizers,
+    Recipe,
+    SearchSpec,
+    get_recipe,
+    recipe_names,
+    register_recipe,
+)
+
+
+def recipes_table() -> str:
+    """The registry as a Markdown table (the README's method table is this output)."""
+    lines = ["| method | family | search | quantizers / transforms | reference |", "|---|---|---|---|---|"]
+    for r in RECIPES.values():
+        s = r.search
+        search = "none" if s.objective is None else s.objective + (" + ranking" if s.ranking else "") \
+            + (" + bias corr." if s.bias_correction else "") + f", [{s.alpha:g}, {s.beta:g}]"
+        if s.init != "max":
+            search = f"{s.init} init, {search}"
+        parts = [f"{k}: {v}" for k, v in vars(r.quantizers).items() if v not in ("uniform", False)]
+        parts += [f"transform: {t}" for t in r.transforms]
+        lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
+    return "\n".join(lines)
+
+
+__all__ = ["RECIPES", "Quantizers", "Recipe", "SearchSpec", "get_recipe", "recipe_names", "recipes_table",
+           "register_recipe"]

@@ -1,0 +1,223 @@
+"""What a method is: a :class:`Recipe`, and the registry every front end reads.
+
+A recipe names, for one calibration method, everything that is not a number the user tunes:
+
+- which quantizer sits at each activation role (:class:`Quantizers`): the inputs of Linears after a
+  LayerNorm, after a GELU, the post-softmax attention map, the LayerNorm inputs of the fully
+  quantized option (weights, Q and K, and the other Linear inputs are always the uniform quantizer of
+  Liu et al. Eq. 8);
+- the weight granularity (per tensor or per output channel);
+- the function-preserving model transforms it folds in before its ops are calibrated (``sqb``,
+  ``smoothquant``, ``repq``; run per calibration unit on that unit's own inputs);
+- the interval search (:class:`SearchSpec`: initialisation, objective, ranking loss, bias correction,
+  candidate range), which :mod:`vitq.calibration` executes.
+
+:data:`RECIPES` maps a name to its recipe; the modules of this package fill it with
+:func:`register_recipe`, one module per method family. ``QuantConfig(method=...)``, the CLI's
+``--method`` choices, ``vitq bench``'s method lists and the README's method table all read it.
+:meth:`Recipe.resolve` applies a config's flags (``sqb``, ``optm``, ``fully_quantized``, ``alpha`` ...),
+giving the effective recipe that ``vitq.quantize`` and ``vitq.calibrate`` execute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
+
+from vitq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vitq.config import QuantConfig
+
+INITS = ("max", "percentile")
+OBJECTIVES = (None, "pearson", "cosine", "mse", "hessian")
+TRANSFORMS = ("sqb", "smoothquant", "repq")
+POST_LAYERNORM = ("uniform", "affine")
+POST_GELU = ("uniform", "optm", "ptq4vit")
+POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How one op's intervals are initialised and searched (Liu et al. 3.2 and the baselines).
+
+    Attributes:
+        init: ``"max"`` (interval covering max|x|) or ``"percentile"`` (activation intervals from a percentile).
+        objective: ``None`` (no search: the initial intervals stay), ``"pearson"`` (Eq. 12), ``"cosine"``
+            (EasyQuant), ``"mse"`` or ``"hessian"`` (PTQ4ViT, :mod:`vitq.calibration.hessian`).
+        ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
+        bias_correction: Eq. 13-15 after each alternating round.
+        alpha, beta: candidate range [alpha*Delta0, beta*Delta0].
+    """
+
+    init: str = "max"
+    objective: str | None = None
+    ranking: bool = False
+    bias_correction: bool = False
+    alpha: float = 0.5
+    beta: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"init={self.init!r}: choose one of {', '.join(INITS)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective={self.objective!r}: choose one of {OBJECTIVES}")
+        if not 0 < self.alpha <= self.beta:
+            raise ConfigError(f"candidate range [{self.alpha}, {self.beta}] must satisfy 0 < alpha <= beta")
+
+
+@dataclass(frozen=True)
+class Quantizers:
+    """The quantizer kind of each activation role whose quantizer a recipe may change.
+
+    Attributes:
+        post_layernorm: inputs of the Linears a LayerNorm feeds directly: ``uniform`` (Eq. 8) or
+            ``affine`` (asymmetric, per channel while calibrating: RepQ-ViT's, reparameterised to one
+            per-tensor interval).
+        post_gelu: inputs of the Linears a GELU feeds directly: ``uniform``, ``optm`` (MPTQ-ViT's
+            sign-split two-region quantizer, ratio searched) or ``ptq4vit`` (twin uniform, ratio fixed).
+        post_softmax: the attention map, first operand of attn·V: ``uniform``, ``optm``/``ptq4vit``
+            (twin uniform, magnitude split), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT).
+        layernorm_input: also quantize LayerNorm inputs with power-of-two factors (FQ-ViT).
+    """
+
+    post_layernorm: str = "uniform"
+    post_gelu: str = "uniform"
+    post_softmax: str = "uniform"
+    layernorm_input: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("post_layernorm", POST_LAYERNORM), ("post_gelu", POST_GELU),
+                              ("post_softmax", POST_SOFTMAX)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One calibration method (see the module docstring).
+
+    Attributes:
+        name: the registry key, ``QuantConfig(method=name)`` and ``--method name``.
+        summary: one line for tables and ``--help``.
+        reference: paper and section the recipe follows.
+        family: the module (method family) that registered it: ``baselines``, ``liu2021``, ...
+        search: how each op's intervals are initialised and searched.
+        quantizers: the quantizer kind per activation role.
+        transforms: model transforms folded in before each unit's ops are calibrated.
+        per_channel_weights: one weight interval per output channel by default (else per tensor).
+        table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
+        ablation: part of the Liu et al. Table 3 ablation.
+        peer: a re-implementation of another group's method (``vitq bench --peers`` adds it).
+    """
+
+    name: str
+    summary: str
+    reference: str
+    search: SearchSpec
+    quantizers: Quantizers = Quantizers()
+    transforms: tuple[str, ...] = ()
+    per_channel_weights: bool = False
+    family: str = ""
+    table: bool = False
+    ablation: bool = False
+    peer: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.transforms if t not in TRANSFORMS]
+        if bad:
+            raise ConfigError(f"recipe {self.name!r}: unknown transforms {bad}; choose from {', '.join(TRANSFORMS)}")
+        if len(self.transforms) > 1:
+            raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
+
+    @property
+    def smoothing(self) -> str | None:
+        """The LayerNorm-folding transform (``sqb``, ``smoothquant``, ``repq``) or ``None``."""
+        return self.transforms[0] if self.transforms else None
+
+    @property
+    def is_plain(self) -> bool:
+        """Uniform quantizers everywhere and no transform: the Liu et al. engine alone."""
+        return self.quantizers == Quantizers() and not self.transforms
+
+    # -- a config's flags ------------------------------------------------------------------------------
+    def resolve(self, config: QuantConfig) -> Recipe:
+        """The effective recipe: this one with ``config``'s flags applied (a flag overrides the recipe's
+        choice). Raises :class:`ConfigError` on a conflict."""
+        q, transforms = self.quantizers, self.transforms
+        if config.sqb:
+            if "repq" in transforms:
+                raise ConfigError(f"sqb=True conflicts with method={self.name!r}, which already reparameterises "
+                                  "the LayerNorm outputs; use one of them")
+            transforms = ("sqb" if config.sqb_shift else "smoothquant",)
+        elif "sqb" in transforms and not config.sqb_shift:
+            transforms = ("smoothquant",)
+        if config.optm:
+            q = replace(q, post_gelu="optm")
+        if config.optm_softmax:
+            q = replace(q, post_softmax="optm")
+        if config.fully_quantized:
+            q = replace(q, layernorm_input=True,
+                        post_softmax="log2" if q.post_softmax == "uniform" else q.post_softmax)
+        if transforms[:1] not in (("sqb",), ("smoothquant",)) and (config.sqb_proj or config.smoothquant_alpha is not None):
+            raise ConfigError("sqb_proj and smoothquant_alpha apply to SQ-b / SmoothQuant: set sqb=True "
+                              "or use method 'mptq' / 'mptq-sqb'")
+        search = self.search
+        if config.alpha is not None:
+            search = replace(search, alpha=float(config.alpha))
+        if config.beta is not None:
+            search = replace(search, beta=float(config.beta))
+        per_channel = self.per_channel_weights if config.per_channel_weights is None else config.per_channel_weights
+        return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel)
+
+    def row_fields(self, config: QuantConfig) -> dict:
+        """Results-row fields naming the quantizer and transform choices (empty for plain recipes)."""
+        if self.is_plain:
+            return {}
+        d: dict = {}
+        if self.smoothing is not None:
+            d["smoothing"] = self.smoothing
+        d.update({k: v for k, v in asdict(self.quantizers).items()
+                  if k in ("post_gelu", "post_softmax") and v != "uniform"})
+        if self.quantizers.layernorm_input:
+            d["fully_quantized"] = True  # a key field of the results schema
+        if self.smoothing in ("sqb", "smoothquant"):
+            d["smoothquant_alpha"] = config.smoothquant_alpha if config.smoothquant_alpha is not None else "search"
+            if config.sqb_proj:
+                d["sqb_proj"] = True
+        return d
+
+
+#: name -> recipe, in registration order (filled by :func:`register_recipe`).
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(factory: Callable[[], Recipe | tuple[Recipe, ...]]) -> Callable[[], Recipe | tuple[Recipe, ...]]:
+    """Decorator: register the recipe(s) a factory function returns, under their names.
+
+    The factory's module name (``vitq.recipes.<family>``) is recorded as the recipe's family. A name
+    registered twice is an error.
+    """
+    made = factory()
+    family = factory.__module__.rsplit(".", 1)[-1]
+    for r in made if isinstance(made, tuple) else (made,):
+        if r.name in RECIPES:
+            raise ValueError(f"recipe {r.name!r} is registered twice ({RECIPES[r.name].family} and {family})")
+        RECIPES[r.name] = replace(r, family=family)
+    return factory
+
+
+def recipe_names(*, table: bool | None = None, ablation: bool | None = None, peer: bool | None = None) -> list[str]:
+    """Registered names in registration order, optionally only those with the given flags."""
+    return [n for n, r in RECIPES.items()
+            if (table is None or r.table == table) and (ablation is None or r.ablation == ablation)
+            and (peer is None or r.peer == peer)]
+
+
+def get_recipe(name: str) -> Recipe:
+    """The registered recipe ``name``, or :class:`ConfigError` listing the valid names."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"method={name!r} is unknown; choose one of {', '.join(RECIPES)}") from None
