@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from vitq.errors import ExportError
 from vitq.export.onnx_qdq import ACTIVATION_TYPES, qdq_twin
+from vitq.info import QuantInfo
 from vitq.nn.qops import quant_ops
 
 log = logging.getLogger(__name__)
@@ -229,16 +230,18 @@ def _save(model_proto, path: Path) -> None:
 
 
 def _meta(model: nn.Module, extra: dict) -> str:
-    info = getattr(model, "vitq_info", None)
+    """The ONNX file's ``vitq`` metadata: the quantized model's :class:`~vitq.info.QuantInfo` record, or
+    for a float model its data config and spec."""
     meta: dict = {"format": "vitq-onnx", "format_version": 1, **extra}
-    dc = getattr(info, "data_config", None) or getattr(model, "vitq_data_config", None)
-    if dc is not None:
-        meta["data_config"] = dc.to_dict()
-    spec = getattr(info, "model_spec", None) if info is not None else getattr(model, "vitq_model_spec", None)
-    if spec:
-        meta["model_spec"] = spec
-    if info is not None:
-        meta["config"] = info.config.to_dict()
+    info = getattr(model, "vitq_info", None)
+    if isinstance(info, QuantInfo):
+        meta.update(info.to_meta())
+    else:
+        dc, spec = getattr(model, "vitq_data_config", None), getattr(model, "vitq_model_spec", None)
+        if dc is not None:
+            meta["data_config"] = dc.to_dict()
+        if spec:
+            meta["model_spec"] = spec
     return json.dumps(meta)
 
 
