@@ -1,10 +1,11 @@
 import pytest
 
-from vitq.cli import _config_from_args, build_parser
+from vitq.cli import build_parser
+from vitq.cli.common import config_from_args as _config_from_args
+from vitq.cli.options import extended_overrides
 from vitq.config import QuantConfig
 from vitq.errors import ConfigError
 from vitq.methods.extended import QuantizerChoices, recipe_flags, resolve_choices
-from vitq.methods.extended_cli import extended_overrides
 
 
 def test_new_fields_round_trip_json(tmp_path):
