@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from vitq.errors import CheckpointError, ConfigError
-from vitq.models.loading import create_model
+from vitq.models.loading import create_model, float_model_from_spec
 
 KW = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, num_classes=10)
 
@@ -55,3 +55,37 @@ def test_pickled_code_is_refused(tmp_path):
 def test_bad_spec(spec):
     with pytest.raises(ConfigError, match="timm:NAME"):
         create_model(spec)
+
+
+def test_float_model_from_spec_rebuilds_the_recorded_model(tmp_path, tiny_vit):
+    save_file({k: v.contiguous() for k, v in tiny_vit.state_dict().items()}, tmp_path / "w.safetensors")
+    spec = {"spec": "timm:vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(tmp_path / "w.safetensors")}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        m = float_model_from_spec(spec)
+        assert torch.equal(m(x), tiny_vit(x)) and not m.training
+        assert m.vitq_model_spec == spec  # rebuilding it again gives the same model
+        torch.manual_seed(123)
+        arch = float_model_from_spec(spec, weights=False)  # architecture only: the checkpoint is not read
+        assert not torch.equal(arch(x), tiny_vit(x)) and "checkpoint" not in arch.vitq_model_spec
+    assert float_model_from_spec({"spec": "timm:vit_tiny_patch16_224", "kwargs": KW}).vitq_model_spec["kwargs"] == KW
+
+
+@pytest.mark.parametrize("spec,match", [
+    (None, "no model spec"),
+    ({}, "no model spec"),
+    ("timm:vit_tiny_patch16_224", "malformed"),
+    ({"kwargs": {}}, "malformed"),
+    ({"spec": "timm:vit_tiny_patch16_224", "kwargs": [1]}, "'kwargs' must be a dict"),
+    ({"spec": "timm:vit_tiny_patch16_224", "checkpoint": 3}, "'checkpoint' must be a path"),
+    ({"spec": "nope"}, "no source prefix"),
+])
+def test_float_model_from_spec_rejects_bad_specs(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        float_model_from_spec(spec)
+
+
+def test_float_model_from_spec_missing_checkpoint(tmp_path):
+    spec = {"spec": "timm:vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(tmp_path / "gone.safetensors")}
+    with pytest.raises(CheckpointError, match="does not exist"):
+        float_model_from_spec(spec)

@@ -60,17 +60,3 @@ def test_fully_quantized_mp_rows_carry_the_flag_and_keep_the_plain_rows(tmp_path
     assert all(f["logits_sqnr_db"] != p["logits_sqnr_db"] for f, p in zip(fq, plain))
     saved = json.loads((tmp_path / "fmnist-vit.json").read_text())["rows"]
     assert len(saved) == 4  # uniform + MP rows of both settings: the flag is part of the row key
-
-
-def test_cli_no_uniform_skips_the_uniform_rows(monkeypatch):
-    import vitq.bench.mp_bench as mp_bench
-    from vitq import cli
-
-    seen = []
-    monkeypatch.setattr(mp_bench, "run_mp_rows", lambda name, **kw: seen.append(kw) or [])
-    assert cli.main(["bench", "--mp", "greedy", "--model", "fmnist-vit", "--bits", "6", "--no-uniform",
-                     "--greedy-images", "8"]) == 0
-    assert cli.main(["bench", "--mp", "hessian", "--model", "fmnist-vit", "--bits", "6", "--fully-quantized"]) == 0
-    assert seen[0]["uniform"] is False and seen[1]["uniform"] is True
-    assert seen[0]["greedy_images"] == 8 and seen[1]["greedy_images"] is None
-    assert seen[1]["config_overrides"] == {"fully_quantized": True}

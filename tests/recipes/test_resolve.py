@@ -1,10 +1,8 @@
 import pytest
 
-from vitq.cli import _config_from_args, build_parser
 from vitq.config import QuantConfig
 from vitq.errors import ConfigError
 from vitq.recipes import Quantizers
-from vitq.methods.extended_cli import extended_overrides
 
 
 def test_new_fields_round_trip_json(tmp_path):
@@ -49,18 +47,3 @@ def test_bench_row_flags():
     assert _row_fields(method="mptq") == {"smoothing": "sqb", "post_gelu": "optm", "smoothquant_alpha": "search"}
     assert _row_fields(method="liu2021", fully_quantized=True) == {"post_softmax": "log2", "fully_quantized": True}
     assert _row_fields(method="repq-vit") == {"smoothing": "repq", "post_softmax": "log_sqrt2"}
-
-
-def test_cli_flags_reach_the_config(tmp_path):
-    ap = build_parser()
-    c = _config_from_args(ap.parse_args(["quantize", "--method", "liu2021", "--sqb", "--optm", "--bits", "4"]))
-    assert (c.method, c.sqb, c.optm, c.sqb_shift, c.w_bits) == ("liu2021", True, True, True, 4)
-    c = _config_from_args(ap.parse_args(["quantize", "--method", "mptq", "--no-sqb-shift", "--smoothquant-alpha", "0.4",
-                                         "--sqb-proj", "--fully-quantized"]))
-    assert (c.sqb_shift, c.smoothquant_alpha, c.sqb_proj, c.fully_quantized) == (False, 0.4, True, True)
-    path = tmp_path / "c.json"
-    QuantConfig(method="liu2021", optm=True, sqb=True).to_json(path)
-    c = _config_from_args(ap.parse_args(["quantize", "--config", str(path)]))
-    assert c.optm and c.sqb  # flags not given leave the file's values
-    b = ap.parse_args(["bench", "--methods", "mptq", "--fully-quantized"])
-    assert extended_overrides(b) == {"fully_quantized": True}

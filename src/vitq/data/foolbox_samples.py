@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vitq.data.sources import ImageSet
+from vitq.data.imageset import ImageSet
 from vitq.data.transforms import DataConfig, preprocess_image
 from vitq.errors import CalibrationDataError, ConfigError, DataFormatError
 from vitq.utils.cache import default_cache_dir, pip_download
@@ -128,7 +128,7 @@ def load_foolbox_samples(
         download: let :func:`fetch_foolbox_wheel` download the wheel.
 
     Returns:
-        An :class:`~vitq.data.sources.ImageSet`: images ``(N, C, H, W)`` in file-index order, int64 labels.
+        An :class:`~vitq.data.imageset.ImageSet`: images ``(N, C, H, W)`` in file-index order, int64 labels.
     """
     if dataset not in FOOLBOX_DATASETS:
         raise ConfigError(f"unknown foolbox sample set {dataset!r}; valid: {', '.join(FOOLBOX_DATASETS)}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vitq.data.sources import ImageSet, _subsample
+from vitq.data.imageset import ImageSet, subsample
 from vitq.data.transforms import DataConfig, preprocess_image
 from vitq.errors import CalibrationDataError, DataFormatError
 
@@ -170,7 +170,7 @@ def load_hf_dataset(
             (an unlabelled split), the labels are None.
 
     Returns:
-        An :class:`~vitq.data.sources.ImageSet` with images ``(N, C, H, W)`` and int64 labels ``(N,)`` or None.
+        An :class:`~vitq.data.imageset.ImageSet` with images ``(N, C, H, W)`` and int64 labels ``(N,)`` or None.
 
     Raises:
         CalibrationDataError: ``datasets`` missing, loading failed, unknown split, or no rows.
@@ -187,7 +187,7 @@ def load_hf_dataset(
         raise DataFormatError(f"{what}: expected an indexable data set of dict rows, found {type(data).__name__}") from e
     if n == 0:
         raise CalibrationDataError(f"{what} (split {split!r}) is empty: no rows to load")
-    idx = _subsample(n, num, seed) or list(range(n))
+    idx = subsample(n, num, seed) or list(range(n))
 
     rows = []
     for i in idx:

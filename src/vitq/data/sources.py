@@ -12,33 +12,11 @@
 
 from __future__ import annotations
 
-import logging
-import random
-from dataclasses import dataclass
-
-import torch
-
+from vitq.data.imageset import ImageSet, subsample
 from vitq.data.transforms import DataConfig, normalize_uint8
 from vitq.errors import CalibrationDataError
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageSet:
-    images: torch.Tensor  # (N, C, H, W), preprocessed for the model
-    labels: torch.Tensor | None
-    source: str
-
-
-def _subsample(n_total: int, num: int | None, seed: int) -> list[int] | None:
-    if num is not None and num > n_total:
-        log.warning("asked for %d images but the source holds %d: using all %d", num, n_total, n_total)
-    if num is None or num >= n_total:
-        return None
-    if num < 1:
-        raise CalibrationDataError(f"asked for {num} images: ask for at least one")
-    return sorted(random.Random(seed).sample(range(n_total), num))
+__all__ = ["ImageSet", "load_images"]
 
 
 def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0) -> ImageSet:
@@ -51,7 +29,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         if split not in valid:
             raise CalibrationDataError(f"{source!r}: split must be one of {valid}")
         imgs, labels = fm.load_fmnist_subset(split) if kind == "fmnist-subset" else fm.load_fashion_mnist(split)
-        idx = _subsample(len(imgs), num, seed)
+        idx = subsample(len(imgs), num, seed)
         if idx is not None:
             imgs, labels = imgs[idx], labels[idx]
         return ImageSet(normalize_uint8(imgs, cfg), labels, source)
@@ -64,7 +42,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         from vitq.data.foolbox_samples import load_foolbox_samples
 
         found = load_foolbox_samples(source.split(":", 1)[1], cfg)
-        idx = _subsample(len(found.images), num, seed)
+        idx = subsample(len(found.images), num, seed)
         if idx is not None:
             found = ImageSet(found.images[idx], found.labels[idx], source)
         return found

@@ -112,7 +112,7 @@ def load_quantized(path: str | Path, model: nn.Module | None = None) -> nn.Modul
 def rebuild_quantized(meta: dict, path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """The quantized architecture ``meta`` describes, tensors not loaded yet: the float model rebuilt from
     the saved spec (or ``model``), quantized with the saved config, each op at its saved bits."""
-    from vitq.models.loading import create_model
+    from vitq.models.loading import float_model_from_spec
 
     if model is None:
         spec = meta.get("model_spec")
@@ -120,7 +120,7 @@ def rebuild_quantized(meta: dict, path: str | Path, model: nn.Module | None = No
             raise QuantizedModelFormatError(
                 f"{path} records no model spec (it was quantized from a custom module): pass model=<float model>"
             )
-        model = create_model(spec["spec"], **spec.get("kwargs", {}))
+        model = float_model_from_spec(spec, weights=False)  # the saved tensors are loaded next
     qmodel = quantize(model, QuantConfig.from_dict(meta["config"]), inplace=True)
     ops = quant_ops(qmodel)
     if set(ops) != set(meta["ops"]):

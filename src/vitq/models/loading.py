@@ -59,6 +59,40 @@ def create_model(spec: str, checkpoint: str | Path | None = None, **kwargs) -> n
     return model
 
 
+def float_model_from_spec(spec: dict, *, weights: bool = True) -> nn.Module:
+    """Rebuild a float model from the spec :func:`create_model` recorded (``model.vitq_model_spec``, saved
+    in a quantized model's ``vitq.json`` and in the metadata of the ONNX files vitq writes). The rebuilt
+    model records the same spec (with the checkpoint when ``weights``).
+
+    Args:
+        spec: ``{"spec": "timm:NAME" | "hf:DIR" | "vitq:NAME", "kwargs": {...}, "checkpoint": PATH}``;
+            ``kwargs`` and ``checkpoint`` are optional.
+        weights: load the recorded ``checkpoint``. ``False`` builds the architecture only (random init, or
+            the weights the ``hf:``/``vitq:`` source holds) for a caller that loads its own tensors next.
+
+    Raises:
+        ConfigError: ``spec`` is missing or malformed (not a dict, no ``"spec"`` string, ``kwargs`` not a
+            dict, ``checkpoint`` not a path), or names an unknown source.
+        CheckpointError: the recorded checkpoint is missing or does not match the architecture.
+    """
+    if not spec:
+        raise ConfigError("no model spec to rebuild the float model from (the model was not built by vitq's "
+                          "create_model, e.g. a custom module): pass the float model instead")
+    if not isinstance(spec, dict) or not isinstance(spec.get("spec"), str):
+        raise ConfigError(f"model spec {spec!r} is malformed: expected a dict with a 'spec' string "
+                          f"({SPEC_HELP}), optional 'kwargs' and 'checkpoint'")
+    kwargs = spec.get("kwargs") or {}
+    checkpoint = spec.get("checkpoint") if weights else None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"model spec {spec['spec']!r}: 'kwargs' must be a dict, got {kwargs!r}")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise ConfigError(f"model spec {spec['spec']!r}: 'checkpoint' must be a path, got {checkpoint!r}")
+    model = create_model(spec["spec"], checkpoint=checkpoint, **kwargs)
+    if checkpoint is not None:  # the rebuilt model records the spec it was rebuilt from, weights included
+        model.vitq_model_spec["checkpoint"] = checkpoint
+    return model
+
+
 def _create_hf(name: str, load_weights: bool, **kwargs) -> nn.Module:
     from transformers import AutoConfig, AutoModelForImageClassification
 

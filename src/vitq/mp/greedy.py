@@ -1,5 +1,5 @@
 """Greedy mixed precision in the spirit of MPTQ-ViT (Tai & Wu 2024); the details are our design
-(see /work/shared/papers/mptq-vit-design.md, "Greedy MP [D]").
+(``mptq-vit-design.md``, "Greedy MP [D]").
 
 Every unit starts at the highest candidate bit-width. At each step every unit is tried one candidate
 lower (weights and inputs together), the calibration loss ``KL(p_float || p_quantized)`` of the whole

@@ -105,14 +105,14 @@ def _from_dir(path: Path) -> tuple[dict, nn.Module | None]:
 def _float_from_spec(meta: dict, qmodel: nn.Module) -> nn.Module | None:
     """The float model rebuilt from the saved spec, or None when there is no spec or when the rebuilt
     weights are not the ones that were quantized (e.g. a random-init ``timm:`` spec without checkpoint)."""
-    from vitq.models.loading import create_model
+    from vitq.models.loading import float_model_from_spec
     from vitq.nn.qops import quant_ops
 
     spec = meta.get("model_spec")
     if not spec:
         log.warning("report: no saved model spec to rebuild the float model: per-op output SQNR left out")
         return None
-    model = create_model(spec["spec"], checkpoint=spec.get("checkpoint"), **spec.get("kwargs", {}))
+    model = float_model_from_spec(spec)
     # Tensors outside the quantized ops are saved unchanged (unless a recipe folded something into them):
     # they must match, or the rebuilt model is another model and its SQNR would mean nothing.
     prefixes = tuple(n + "." for n in quant_ops(qmodel))

@@ -1,9 +1,7 @@
-"""Command-line pieces of mixed precision, wired into :mod:`vitq.cli`:
-
-- ``vitq quantize --mp nuclear|hessian|greedy`` (target ``--bits``/``--w-bits`` or ``--budget-mb``), or
-  ``vitq quantize --plan plan.json`` (a plan written by ``mp-search`` or by hand);
-- ``vitq mp-search ... --out plan.json [--plot plan.png]``;
-- ``vitq bench --mp nuclear hessian greedy``.
+"""``vitq mp-search ... --out plan.json [--plot plan.png]``: search a mixed-precision plan (Liu et al. 3.3)
+and write it as JSON; and the flags with which ``vitq quantize`` searches one first (``--mp nuclear|hessian|
+greedy``, target ``--bits``/``--w-bits`` or ``--budget-mb``) or uses one (``--plan plan.json``, written by
+``mp-search`` or by hand). ``vitq bench --mp`` is in :mod:`vitq.cli.bench`.
 """
 
 from __future__ import annotations
@@ -11,15 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 
+from vitq.cli.common import DEFAULT_CALIB, add_model_args, default_calib, float_model_from_args
 from vitq.errors import ConfigError, VitqError
-
-log = logging.getLogger("vitq")
 
 
 def add_mp_quantize_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``vitq quantize`` (and ``mp-search``) that choose a mixed-precision plan."""
+    """Flags of ``vitq quantize`` that choose a mixed-precision plan (read by :func:`apply_mp_args`)."""
     from vitq.mp.search import MP_METHODS
 
     p.add_argument("--mp", choices=MP_METHODS, default=None,
@@ -65,11 +61,9 @@ def apply_mp_args(args: argparse.Namespace, model, images, config):
     return dataclasses.replace(config, plan=res.plan), info
 
 
-def add_mp_search_parser(sub) -> None:
-    from vitq.cli import DEFAULT_CALIB, _add_model_args
-
+def add_parser(sub) -> argparse.ArgumentParser:
     s = sub.add_parser("mp-search", help="search a mixed-precision plan (Liu et al. 3.3) and write it as JSON")
-    _add_model_args(s)
+    add_model_args(s)
     s.add_argument("--mp", dest="mp", choices=["nuclear", "hessian", "greedy"], default="nuclear",
                    help="allocation method (default nuclear)")
     s.add_argument("--bits", type=int, default=None, help="target average bits: budget = uniform size (default 6)")
@@ -87,20 +81,20 @@ def add_mp_search_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="plan JSON to write (use it with vitq quantize --plan)")
     s.add_argument("--plot", default=None, help="also write a PNG of bits and sensitivity per unit")
+    return s
 
 
 def cmd_mp_search(args: argparse.Namespace) -> int:
     import torch
 
-    from vitq.cli import DEFAULT_CALIB, DEFAULT_MODEL, _model_kwargs
     from vitq.data.sources import load_images
-    from vitq.models.loading import create_model, model_data_config
+    from vitq.models.loading import model_data_config
     from vitq.mp.search import search_plan
 
-    calib_src = args.calib or (DEFAULT_CALIB if args.model == DEFAULT_MODEL else None)
+    calib_src = default_calib(args)
     if calib_src is None:
         raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
-    model = create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args.model_arg))
+    model = float_model_from_args(args)
     calib = load_images(calib_src, model_data_config(model), num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
     bits = args.bits if args.bits is not None or args.budget_mb is not None else 6
@@ -117,24 +111,4 @@ def cmd_mp_search(args: argparse.Namespace) -> int:
                       "average_bits": round(res.average_bits, 3), "seconds": round(res.seconds, 2),
                       "unit_bits": res.unit_bits}, indent=2))
     print(f"wrote plan to {args.out}")
-    return 0
-
-
-def cmd_bench_mp(args: argparse.Namespace) -> int:
-    """``vitq bench --mp ...``: mixed-precision rows for each bench model (see :mod:`vitq.bench.mp_bench`)."""
-    from vitq.bench.mp_bench import run_mp_rows
-    from vitq.methods.extended_cli import extended_overrides
-
-    methods = args.methods or ["liu2021"]
-    for name in args.model or ["fmnist-vit"]:
-        for method in methods:
-            run_mp_rows(name, mp_methods=tuple(args.mp), bits=tuple(args.bits), method=method,
-                        num_calib=32 if args.quick else args.num_calib[0],
-                        num_test=500 if args.quick and args.num_test is None else args.num_test,
-                        out_dir=args.out, seed=args.seed, search=args.search,
-                        budgets_mb=tuple(getattr(args, "budget_mb", None) or ()),
-                        uniform=not getattr(args, "no_uniform", False),
-                        greedy_images=getattr(args, "greedy_images", None),
-                        config_overrides=extended_overrides(args))
-        print(f"wrote {args.out}/{name}.json and {name}-mp.md")
     return 0

@@ -1,4 +1,5 @@
-"""Command-line flags of the extended recipes (:mod:`vitq.methods.extended`), for ``vitq quantize``.
+"""The MPTQ-ViT flags: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
+``vitq quantize`` and ``vitq export`` (QuantConfig fields) and ``vitq bench`` (overrides of every run).
 
 Each flag defaults to ``None`` so that only flags given explicitly override a ``--config`` file.
 """

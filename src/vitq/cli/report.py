@@ -1,4 +1,4 @@
-"""Command-line pieces of the reports, wired into :mod:`vitq.cli`:
+"""``vitq report``: the report (markdown + plots) of a run or of benchmark results.
 
 - ``vitq quantize`` writes ``report.md`` (+ PNGs) into its output directory (``--no-report`` skips it);
 - ``vitq report RUN_DIR`` (re)makes that report from a saved directory (``--calib`` for the per-op SQNR);
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from vitq.cli.common import DEFAULT_CALIB
 from vitq.errors import VitqError
 
 log = logging.getLogger("vitq")
@@ -28,7 +29,7 @@ def add_report_flag(q: argparse.ArgumentParser) -> None:
     q.add_argument("--no-report", action="store_true", help="do not write report.md and its plots into --out")
 
 
-def add_report_parser(sub) -> None:
+def add_parser(sub) -> argparse.ArgumentParser:
     """The ``vitq report`` subcommand."""
     r = sub.add_parser("report", help="the report (markdown + plots) of a vitq quantize run or of benchmark results")
     r.add_argument("run_dir", nargs="?", help="a directory written by vitq quantize")
@@ -40,6 +41,7 @@ def add_report_parser(sub) -> None:
     r.add_argument("--num-images", type=int, default=REPORT_IMAGES, help="images for the per-op SQNR (default 8)")
     r.add_argument("--no-layer-sqnr", action="store_true", help="skip the per-op output SQNR (no model forward)")
     r.add_argument("--seed", type=int, default=0)
+    return r
 
 
 def report_after_quantize(qmodel: nn.Module, model: nn.Module, calib_images: torch.Tensor, out: Path,
@@ -54,7 +56,6 @@ def report_after_quantize(qmodel: nn.Module, model: nn.Module, calib_images: tor
 
 
 def _run_images(run_dir: Path, args: argparse.Namespace) -> torch.Tensor | None:
-    from vitq.cli import DEFAULT_CALIB
     from vitq.data.sources import load_images
     from vitq.data.transforms import DataConfig
 

@@ -1,0 +1,15 @@
+"""The ``vitq`` command line, one module per command:
+
+- :mod:`~vitq.cli.quantize` (``vitq quantize``, also what ``vitq`` with no command runs),
+  :mod:`~vitq.cli.eval`, :mod:`~vitq.cli.export`, :mod:`~vitq.cli.bench`, :mod:`~vitq.cli.mp_search`,
+  :mod:`~vitq.cli.report`;
+- :mod:`~vitq.cli.common`: the default model and data, the model and quantization flags, the config from them;
+- :mod:`~vitq.cli.options`: the MPTQ-ViT (extended recipe) flags;
+- :mod:`~vitq.cli.app`: the parser and :func:`main` (the ``vitq`` console script, ``python -m vitq``).
+
+The library never imports this package (``tests/test_import_layers.py``).
+"""
+
+from vitq.cli.app import build_parser, main
+
+__all__ = ["build_parser", "main"]

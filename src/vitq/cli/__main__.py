@@ -1,0 +1,5 @@
+import sys
+
+from vitq.cli import main
+
+sys.exit(main())

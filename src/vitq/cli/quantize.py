@@ -1,0 +1,89 @@
+"""``vitq quantize``: quantize and calibrate a model, save it, evaluate it and write its report.
+
+With no arguments it runs the embedded default: the Fashion-MNIST ViT shipped with vitq, calibrated on 32
+of its shipped train images with the Liu et al. method at W8A8, evaluated on the 2,000 shipped test images.
+Mixed precision (``--mp``, ``--plan``) comes from :mod:`vitq.cli.mp_search`, the report (``--no-report``)
+from :mod:`vitq.cli.report`; ``--packed`` saves the weights packed at their bit-widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from vitq.cli.common import (
+    DEFAULT_CALIB,
+    DEFAULT_MODEL,
+    DEFAULT_TEST,
+    add_model_args,
+    add_quant_args,
+    config_from_args,
+    default_calib,
+    float_model_from_args,
+)
+from vitq.cli.mp_search import add_mp_quantize_args, apply_mp_args
+from vitq.cli.report import add_report_flag, report_after_quantize
+from vitq.errors import VitqError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    q = sub.add_parser("quantize", help="quantize and calibrate a model, save it (and evaluate it)")
+    add_model_args(q)
+    add_quant_args(q)
+    q.add_argument("--calib", default=None, help=f"calibration images: DIR or a built-in set (default with the "
+                                                  f"default model: {DEFAULT_CALIB})")
+    q.add_argument("--eval-data", default=None, help=f"labelled test images to evaluate after quantizing "
+                                                      f"(default with the default model: {DEFAULT_TEST})")
+    q.add_argument("--num-test", type=int, default=None, help="evaluate on this many test images (default all)")
+    q.add_argument("--out", default=None, help="output directory (default runs/<model>-<method>-w<b>a<b>)")
+    add_mp_quantize_args(q)  # --mp, --budget-mb, --plan, --candidates, --granularity, --msa-feature
+    add_report_flag(q)  # --no-report
+    q.add_argument("--packed", action="store_true",
+                   help="store weights packed at their bit-widths (packed.safetensors) instead of float32")
+    return q
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import vitq
+    from vitq.data.sources import load_images
+    from vitq.eval.metrics import agreement, predict, sqnr_db, top1
+    from vitq.export.packing import save_packed
+    from vitq.export.serialization import save_quantized
+    from vitq.models.loading import model_data_config
+
+    config = config_from_args(args)
+    calib_src = default_calib(args)
+    if calib_src is None:
+        raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
+    eval_src = args.eval_data or (DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
+    model = float_model_from_args(args)
+    dc = model_data_config(model)
+    calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
+    torch.manual_seed(args.seed)
+    config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
+    qmodel = vitq.quantize(model, config)
+    report = vitq.calibrate(qmodel, calib.images)
+    vitq.freeze(qmodel)
+    tag = args.model.split(":", 1)[1].replace("/", "_")
+    out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
+    summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+               "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
+               **mp_info}
+    if eval_src:
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
+        ref = predict(model, test.images, progress=True, desc="float")
+        out_q = predict(qmodel, test.images, progress=True, desc="quantized")
+        summary.update(num_test=int(test.images.shape[0]), agreement=agreement(out_q, ref),
+                       logits_sqnr_db=sqnr_db(ref, out_q))
+        if test.labels is not None:
+            summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
+    save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
+    save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
+    print(json.dumps(summary, indent=2))
+    print(f"saved quantized model to {out}")
+    if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
+        report_after_quantize(qmodel, model, calib.images, out, summary, report.to_dict())
+    return 0

@@ -1,0 +1,39 @@
+"""The ``vitq`` parser and entry points (console script ``vitq.cli:main``, ``python -m vitq``)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitq.cli import build_parser, main
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def test_every_command_has_its_module():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == ["quantize", "eval", "export", "bench", "mp-search", "report"]
+
+
+def test_no_command_means_quantize(monkeypatch):
+    import vitq.cli.quantize as quantize
+
+    seen = []
+    monkeypatch.setattr(quantize, "cmd_quantize", lambda args: seen.append(args) or 0)
+    assert main([]) == 0
+    assert seen[0].command == "quantize" and seen[0].num_calib == 32 and seen[0].model == "vitq:fmnist-vit"
+
+
+def test_vitq_error_exits_2(caplog):
+    assert main(["quantize", "--model-arg", "oops"]) == 2
+    assert "--model-arg 'oops': expected KEY=VALUE" in caplog.text
+
+
+@pytest.mark.parametrize("module", ["vitq", "vitq.cli"])
+def test_python_dash_m(module):
+    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "{quantize,eval,export,bench,mp-search,report}" in res.stdout

@@ -1,0 +1,28 @@
+"""``vitq bench``: the flags reach the runners (the runners themselves are tested in tests/bench, tests/mp)."""
+
+import vitq.bench.mp_bench as mp_bench
+import vitq.bench.runner as runner
+from vitq.cli import main
+
+
+def test_bench_flags_reach_run_bench(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(runner, "run_bench", lambda name, **kw: seen.append((name, kw)))
+    assert main(["bench", "--quick", "--model", "fmnist-vit", "--bits", "6", "--methods", "minmax", "--sqb",
+                 "--peers", "--out", "res"]) == 0
+    (name, kw), = seen
+    assert name == "fmnist-vit" and kw["bits"] == (6,) and kw["methods"] == ("minmax",)
+    assert kw["num_calib"] == (32,) and kw["num_test"] == 500 and kw["out_dir"] == "res"
+    assert kw["config_overrides"] == {"sqb": True} and kw["peers"] is True and kw["ablation"] is True
+    assert "wrote res/fmnist-vit.json" in capsys.readouterr().out
+
+
+def test_cli_no_uniform_skips_the_uniform_rows(monkeypatch):
+    seen = []
+    monkeypatch.setattr(mp_bench, "run_mp_rows", lambda name, **kw: seen.append(kw) or [])
+    assert main(["bench", "--mp", "greedy", "--model", "fmnist-vit", "--bits", "6", "--no-uniform",
+                 "--greedy-images", "8"]) == 0
+    assert main(["bench", "--mp", "hessian", "--model", "fmnist-vit", "--bits", "6", "--fully-quantized"]) == 0
+    assert seen[0]["uniform"] is False and seen[1]["uniform"] is True
+    assert seen[0]["greedy_images"] == 8 and seen[1]["greedy_images"] is None
+    assert seen[1]["config_overrides"] == {"fully_quantized": True}

@@ -1,0 +1,21 @@
+"""The MPTQ-ViT flags reach the config, over a --config file, on quantize and bench."""
+
+from vitq.cli import build_parser
+from vitq.cli.common import config_from_args
+from vitq.cli.options import extended_overrides
+from vitq.config import QuantConfig
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    ap = build_parser()
+    c = config_from_args(ap.parse_args(["quantize", "--method", "liu2021", "--sqb", "--optm", "--bits", "4"]))
+    assert (c.method, c.sqb, c.optm, c.sqb_shift, c.w_bits) == ("liu2021", True, True, True, 4)
+    c = config_from_args(ap.parse_args(["quantize", "--method", "mptq", "--no-sqb-shift", "--smoothquant-alpha", "0.4",
+                                         "--sqb-proj", "--fully-quantized"]))
+    assert (c.sqb_shift, c.smoothquant_alpha, c.sqb_proj, c.fully_quantized) == (False, 0.4, True, True)
+    path = tmp_path / "c.json"
+    QuantConfig(method="liu2021", optm=True, sqb=True).to_json(path)
+    c = config_from_args(ap.parse_args(["quantize", "--config", str(path)]))
+    assert c.optm and c.sqb  # flags not given leave the file's values
+    b = ap.parse_args(["bench", "--methods", "mptq", "--fully-quantized"])
+    assert extended_overrides(b) == {"fully_quantized": True}
