@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 import vitq
 from vitq.bench.results import merge_rows
 from vitq.bench.tables import ABLATION, TABLE1_METHODS, table1, table3, table_compare, table_mp, table_search
-from vitq.recipes import recipe_names
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, sqnr_db, top1
 from vitq.eval.size import model_size_mb
 from vitq.models.loading import create_model, model_data_config
+from vitq.recipes import recipe_names
 from vitq.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.info import get_quant_info
 from vitq.models.base import adapter_by_name
-from vitq.recipes import SearchSpec, get_recipe
 from vitq.nn.qops import QuantOp, quant_ops
 from vitq.quantizers.base import SearchableQuantizer
+from vitq.recipes import SearchSpec, get_recipe
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 
 from vitq.calibration.bias_correction import corrected_bias, expected_output_error
 from vitq.calibration.objectives import RankingPairs, TargetStats, objective_sum
-from vitq.recipes import SearchSpec as MethodSpec
 from vitq.nn.qops import QuantOp
+from vitq.recipes import SearchSpec as MethodSpec
 
 log = logging.getLogger(__name__)
 

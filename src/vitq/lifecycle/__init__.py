@@ -19,7 +19,15 @@ import torch.nn as nn
 from vitq.calibration.engine import CalibrationReport, calibrate
 from vitq.config import QuantConfig
 from vitq.info import QuantInfo, get_quant_info
-from vitq.lifecycle.stages import STAGES, Calibrate, Freeze, InstallQuantizers, PipelineState, Stage, SwapModules
+from vitq.lifecycle.stages import (
+    STAGES,
+    Calibrate,
+    Freeze,
+    InstallQuantizers,
+    PipelineState,
+    Stage,
+    SwapModules,
+)
 
 log = logging.getLogger(__name__)
 

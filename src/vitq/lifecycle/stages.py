@@ -21,10 +21,10 @@ from vitq.calibration.engine import CalibrationReport, calibrate
 from vitq.config import QuantConfig
 from vitq.errors import ConfigError, VitqError
 from vitq.info import QuantInfo, get_quant_info
+from vitq.lifecycle.install import install_quantizers
 from vitq.models.base import get_adapter
 from vitq.nn.qops import OpQuantSpec, QuantMatMul, quant_ops
 from vitq.nn.registry import qmodule_for
-from vitq.lifecycle.install import install_quantizers
 from vitq.recipes import Recipe
 
 log = logging.getLogger(__name__)

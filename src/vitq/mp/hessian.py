@@ -89,8 +89,8 @@ def hessian_traces(qmodel: nn.Module, units: Sequence[MPUnit], batches: Sequence
 
     ``qmodel`` runs in float (its quantizers must be disabled, as right after :func:`vitq.quantize`).
     """
-    from vitq.info import get_quant_info
     from vitq.eval.metrics import logits_of
+    from vitq.info import get_quant_info
 
     empty = [u.name for u in units if u.weight_numel == 0]
     if empty:

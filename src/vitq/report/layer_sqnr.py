@@ -14,10 +14,10 @@ import math
 import torch
 import torch.nn as nn
 
-from vitq.info import get_quant_info
-from vitq.lifecycle import quantize
 from vitq.config import QuantConfig
 from vitq.errors import VitqError
+from vitq.info import get_quant_info
+from vitq.lifecycle import quantize
 from vitq.nn.qops import quant_ops
 
 
