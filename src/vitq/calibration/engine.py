@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from vitq.calibration.capture import capture_unit_inputs, check_finite, collect_op_io, run_unit
 from vitq.calibration.preparation import UnitPreparation
-from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
+from vitq.calibration.search import OpCalibrationResult, OpData, SearchSpec, percentile_scale, search_op
 from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.methods.recipes import resolve_method
@@ -204,10 +204,10 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             if on_op_data is not None:
                 on_op_data(name, op, op_data)
             if method.objective is not None:
-                res = search_op(op, name, op_data, method, num_candidates=config.num_candidates,
+                res = search_op(op, name, op_data, SearchSpec.of(method), num_candidates=config.num_candidates,
                                 max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
                                 ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
-                                generator=gen, fast=config.search == "fast")
+                                generator=gen, search=config.search)
             else:
                 res = OpCalibrationResult(name=name, role=op.role)
             qa, qb = op.quantizers()

@@ -16,7 +16,7 @@ class MethodSpec:
     Attributes:
         init: ``"max"`` (interval covering max|x|) or ``"percentile"`` (activation intervals from a percentile).
         objective: ``None`` (no search), ``"pearson"`` (Eq. 12), ``"cosine"`` (EasyQuant), ``"mse"`` or
-            ``"hessian"`` (PTQ4ViT, :mod:`vitq.calibration.hessian`).
+            ``"hessian"`` (PTQ4ViT, :class:`vitq.calibration.search.loss.HessianLoss`).
         ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
         bias_correction: Eq. 13-15 after each search round.
         alpha, beta: candidate range [alpha*Delta0, beta*Delta0].
