@@ -81,7 +81,7 @@ class SameInputs:
     in the chosen interval is the search's own, not one carried over from an earlier op."""
 
     def __init__(self, cfg):
-        self.cfg, self.method, self.ops = cfg, cfg.recipe().search, []
+        self.cfg, self.spec, self.ops = cfg, cfg.recipe().search, []
 
     def __call__(self, name, op, data) -> None:
         import copy
@@ -95,10 +95,10 @@ class SameInputs:
         for search in ("reference", "fast"):
             shadow = copy.deepcopy(op)
             t0 = time.perf_counter()
-            r = search_op(shadow, name, data, self.method, num_candidates=c.num_candidates, max_iters=c.max_iters,
+            r = search_op(shadow, name, data, self.spec, num_candidates=c.num_candidates, max_iters=c.max_iters,
                           tol=c.tol, ranking_gamma=c.ranking_gamma, ranking_pairs=c.ranking_pairs,
                           ranking_margin=c.ranking_margin, generator=torch.Generator().manual_seed(c.seed),
-                          fast=search == "fast")
+                          search=search)
             qa, qb = shadow.quantizers()
             res[search] = {"seconds": time.perf_counter() - t0, "loss_end": r.loss_end,
                            "scales": [qa.scale.flatten().tolist(), qb.scale.flatten().tolist()]}

@@ -99,8 +99,8 @@ class QuantConfig:
             absolute score difference of the sampled pairs.
         ranking_pairs: key pairs (p, q) sampled per attention row for Eq. 10 (0 = all pairs).
         percentile: the percentile of |x| used by the ``percentile`` method, in (0, 100].
-        search: ``"fast"`` (moments for weights, golden-section over the grid for inputs; see
-            :mod:`vitq.calibration.fast_search`) or ``"reference"`` (exhaustive, the straightforward search).
+        search: ``"fast"`` (moments for weights, coarse-to-fine over the grid for inputs; see
+            :mod:`vitq.calibration.search.fast`) or ``"reference"`` (exhaustive, the straightforward search).
         batch_size: calibration forward batch size.
         seed: seeds the calibration image sample and the ranking pairs.
         plan: per-op options, ``{name or "re:regex": {"w_bits": b, "a_bits": b, ...}}`` (keys of

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitq.quantizers.base import coarse_to_fine
+from vitq.quantizers.grid import coarse_to_fine
 from vitq.quantizers.two_region import GELU_MIN, TwinUniformQuantizer, TwoRegionQuantizer
 from vitq.quantizers.uniform import fake_quantize, max_scale
 

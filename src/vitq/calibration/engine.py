@@ -214,7 +214,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
                 res = search_op(op, name, op_data, spec, num_candidates=config.num_candidates,
                                 max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
                                 ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
-                                generator=gen, fast=config.search == "fast")
+                                generator=gen, search=config.search)
             else:
                 res = OpCalibrationResult(name=name, role=op.role)
             qa, qb = op.quantizers()

@@ -5,7 +5,7 @@
   inputs (produced by the already quantized units before it), so the ops are then calibrated on the
   smoothed activations (:func:`vitq.transforms.smoothing.smooth_unit`).
 - The Hessian objective (PTQ4ViT): squared output gradients of the unit's ops, attached to each op's
-  calibration data (:func:`vitq.calibration.hessian.output_grad_squares`).
+  calibration data (:func:`vitq.calibration.search.loss.output_grad_squares`).
 
 Recipes that need neither get no :class:`UnitPreparation` and the engine runs as before.
 """
@@ -17,8 +17,8 @@ import logging
 import torch
 import torch.nn as nn
 
-from vitq.calibration.hessian import output_grad_squares
-from vitq.calibration.search import OpData
+from vitq.calibration.search.data import OpData
+from vitq.calibration.search.loss import output_grad_squares
 from vitq.nn.qops import QuantOp
 from vitq.transforms.smoothing import SmoothingRecord, smooth_unit
 

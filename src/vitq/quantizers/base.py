@@ -18,44 +18,22 @@ protocol, the same attributes the uniform quantizer has plus a search over its o
 - ``qmin``, ``qmax``: lowest and top code of the main interval (code that rescales ranges
   between bit-widths uses them).
 
-The calibration engine calls ``search`` wherever it would search a uniform interval
-(:mod:`vitq.calibration.quantizer_search`); ONNX QDQ export accepts uniform quantizers only.
+The calibration search calls ``search`` wherever it would search a uniform interval
+(:mod:`vitq.calibration.search.alternating`); ``exhaustive`` is true for the reference search, and
+grids are walked with :func:`vitq.quantizers.grid.walk`. ONNX QDQ export accepts uniform quantizers only.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from vitq.quantizers.grid import coarse_to_fine
 from vitq.quantizers.uniform import check_bits
 
 LossFn = Callable[[torch.Tensor], float]
-
-
-def coarse_to_fine(num: int, loss_at: Callable[[int], float], exhaustive: bool = False) -> tuple[int, float]:
-    """Index and loss of the best of ``num`` grid points: every point if ``exhaustive``, else every k-th
-    point (k ~ sqrt(num)) and then every point within k of the best of those (as the fast search does)."""
-    cache: dict[int, float] = {}
-
-    def at(i: int) -> float:
-        if i not in cache:
-            cache[i] = loss_at(i)
-        return cache[i]
-
-    if exhaustive or num <= 8:
-        for i in range(num):
-            at(i)
-    else:
-        k = max(1, round(math.sqrt(num)))
-        coarse = sorted(set(range(0, num, k)) | {num - 1})
-        best = min(coarse, key=at)
-        for i in range(max(0, best - k + 1), min(num - 1, best + k - 1) + 1):
-            at(i)
-    best = min(cache, key=cache.__getitem__)
-    return best, cache[best]
 
 
 class SearchableQuantizer(nn.Module):

@@ -44,7 +44,8 @@ from collections.abc import Sequence
 import torch
 
 from vitq.errors import ConfigError
-from vitq.quantizers.base import LossFn, SearchableQuantizer, coarse_to_fine
+from vitq.quantizers.base import LossFn, SearchableQuantizer
+from vitq.quantizers.grid import coarse_indices, coarse_to_fine
 
 #: min_x x * Phi(x), GELU's minimum (at x ~ -0.7518), PTQ4ViT's constant for the negative region
 GELU_MIN = -0.16997124254703522
@@ -58,15 +59,15 @@ def _check_mode(mode: str) -> str:
 
 
 def _joint_search(ks: range, num_f: int, loss_at, exhaustive: bool) -> tuple[int, int, float]:
-    """Best (k, f) index pair of a k x f grid: a coarse pass over f for every k in ``ks``, then the fine
-    pass around the best coarse point for its k (everything when ``exhaustive``)."""
+    """Best (k, f) index pair of a k x f grid: the coarse samples of f for every k in ``ks``, then the
+    :func:`~vitq.quantizers.grid.walk` over f for the best coarse point's k (everything when
+    ``exhaustive``). ``loss_at`` is memoised, so the walk does not re-evaluate the coarse samples."""
     if exhaustive:
         best = min(((k, f) for k in ks for f in range(num_f)), key=lambda kf: loss_at(*kf))
         return best[0], best[1], loss_at(*best)
+    coarse = coarse_indices(num_f)
     per_k = {}
     for k in ks:
-        step = max(1, round(num_f ** 0.5))
-        coarse = sorted(set(range(0, num_f, step)) | {num_f - 1})
         f = min(coarse, key=lambda j, k=k: loss_at(k, j))
         per_k[k] = (f, loss_at(k, f))
     k_best = min(per_k, key=lambda k: per_k[k][1])

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from vitq.config import QuantConfig
 
 INITS = ("max", "percentile")
-OBJECTIVES = (None, "pearson", "cosine", "mse", "hessian")
+#: objectives computed from the op's output alone (per-sample moments: the fast search's levers apply)
+SIMILARITY_OBJECTIVES = ("pearson", "cosine", "mse")
+#: ``None``: no search (the intervals stay where the initialisation put them)
+OBJECTIVES = (None, *SIMILARITY_OBJECTIVES, "hessian")
 TRANSFORMS = ("sqb", "smoothquant", "repq")
 POST_LAYERNORM = ("uniform", "affine")
 POST_GELU = ("uniform", "optm", "ptq4vit")
@@ -45,7 +48,7 @@ class SearchSpec:
     Attributes:
         init: ``"max"`` (interval covering max|x|) or ``"percentile"`` (activation intervals from a percentile).
         objective: ``None`` (no search: the initial intervals stay), ``"pearson"`` (Eq. 12), ``"cosine"``
-            (EasyQuant), ``"mse"`` or ``"hessian"`` (PTQ4ViT, :mod:`vitq.calibration.hessian`).
+            (EasyQuant), ``"mse"`` or ``"hessian"`` (PTQ4ViT, :class:`vitq.calibration.search.loss.HessianLoss`).
         ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
         bias_correction: Eq. 13-15 after each alternating round.
         alpha, beta: candidate range [alpha*Delta0, beta*Delta0].
@@ -63,8 +66,17 @@ class SearchSpec:
             raise ConfigError(f"init={self.init!r}: choose one of {', '.join(INITS)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective={self.objective!r}: choose one of {OBJECTIVES}")
+        if self.ranking and self.objective not in SIMILARITY_OBJECTIVES:
+            raise ConfigError(f"ranking=True needs an objective in {SIMILARITY_OBJECTIVES}; got {self.objective!r}")
         if not 0 < self.alpha <= self.beta:
             raise ConfigError(f"candidate range [{self.alpha}, {self.beta}] must satisfy 0 < alpha <= beta")
+
+    def factors(self, num_candidates: int) -> list[float]:
+        """The candidate grid: ``num_candidates`` factors of the initial interval, linear in [alpha, beta]
+        (``torch.linspace`` rounding, so every search walks the same float32 grid)."""
+        import torch
+
+        return torch.linspace(self.alpha, self.beta, num_candidates).tolist()
 
 
 @dataclass(frozen=True)

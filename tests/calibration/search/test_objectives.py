@@ -1,6 +1,6 @@
 import torch
 
-from vitq.calibration.objectives import RankingPairs, TargetStats, objective_sum
+from vitq.calibration.search.objectives import RankingPairs, TargetStats, objective_sum
 
 
 def test_pearson_is_eq12_per_sample():

@@ -6,6 +6,7 @@
 - the ranking loss on attention scores (Eq. 10), combined with the similarity as in Eq. 11.
 
 A "sample" is one index of the leading dimension (one image; one window for Swin window attention).
+The loss strategies the search evaluates are built on these in :mod:`vitq.calibration.search.loss`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from vitq.quantizers.kernels import sample_moments
-
-OBJECTIVES = ("pearson", "cosine", "mse")
 
 
 class TargetStats:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from vitq.calibration.objectives import RankingPairs, TargetStats, objective_from_moments
+from vitq.calibration.search.objectives import RankingPairs, TargetStats, objective_from_moments
 
 
 def _per_sample_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The fast interval search: the same objective and candidate grid as :mod:`vitq.calibration.search`
-(the reference), evaluated with far less arithmetic.
+"""The fast evaluator: the same objective and candidate grid as the reference
+(:mod:`~vitq.calibration.search.reference`), evaluated with far less arithmetic.
 
 Four levers, each checked against the reference by tests and by ``benchmarks/calibration_speed.py``:
 
@@ -13,13 +13,12 @@ Four levers, each checked against the reference by tests and by ``benchmarks/cal
    so all C candidates are evaluated (no approximation) for the price of a few forwards. With
    per-tensor integer codes W_q = Delta * C, W_q^T W_q = Delta^2 * C^T C is an exact int8 GEMM, and
    all candidates' codes come from one fused pass. Used when the statistics fit the memory budget
-   and cost less than direct evaluations (:meth:`FastOpSearch._moment_costs`).
+   and cost less than direct evaluations (:meth:`FastEvaluator._moment_costs`).
 2. **Coarse-to-fine search over the candidate grid** for activation intervals (and weights when (1)
-   does not apply): every k-th candidate (k ~ sqrt(C)), then all candidates within k of the best,
-   about 3*sqrt(C) evaluations instead of C. (Golden-section search needs fewer, but on 4-bit layers
-   with outlier channels the objective is not unimodal along the grid and it stopped in a local
-   optimum 3.5% worse; the coarse pass sees the whole range.) ``benchmarks/calibration_speed.py``
-   counts the ops where it picks another interval than the exhaustive reference.
+   does not apply): :func:`vitq.quantizers.grid.walk`, every k-th candidate (k ~ sqrt(C)), then all
+   candidates within k of the best one or two local minima of those, about 3*sqrt(C) evaluations
+   instead of C. ``benchmarks/calibration_speed.py`` counts the ops where it picks another interval
+   than the exhaustive reference.
 
 3. **Integer GEMMs.** At <= 8 bits a Linear's output from quantized operands is
    ``(C_X C_W^T) * Delta_X * Delta_W + b`` with integer codes C: evaluated with an int8 x int8 -> int32
@@ -29,22 +28,31 @@ Four levers, each checked against the reference by tests and by ``benchmarks/cal
 
 4. **Attention scores by moments.** Q·K^T's objective and ranking loss from d x d Gram matrices and
    the pair differences Q (K^T D), without forming the (n, heads, T, T) scores; coarse-to-fine as (2)
-   (:mod:`vitq.calibration.score_moments`): about 3x less arithmetic per candidate at ViT shapes.
+   (:mod:`~vitq.calibration.search.score_moments`): about 3x less arithmetic per candidate at ViT shapes.
 
 Candidates are evaluated into preallocated buffers (``out=``), avoiding a fresh allocation of the
 quantized operand per candidate.
+
+The evaluator needs a loss it can take moments of (:class:`~vitq.calibration.search.loss.SimilarityLoss`).
+It searches uniform operands only; next to a non-uniform operand (which its own quantizer searches,
+:mod:`~vitq.calibration.search.alternating`) the integer path (int8 uniform codes on both operands)
+is off and the rest applies. A search repeated from the state its last run ended in (same intervals,
+same bias) picks the same interval again and is skipped (exact).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from vitq.calibration.objectives import OBJECTIVES, objective_sum
-from vitq.calibration.score_moments import ScoreMoments
-from vitq.calibration.search import OpData, OpSearch
+from vitq.calibration.search.data import OpData
+from vitq.calibration.search.loss import OutputLoss
+from vitq.calibration.search.problem import OpProblem
+from vitq.calibration.search.score_moments import ScoreMoments
+from vitq.quantizers.grid import best_index, walk
 from vitq.quantizers.kernels import codes_into, fake_quant_into
 from vitq.quantizers.uniform import UniformQuantizer, quantize
 
@@ -73,18 +81,31 @@ def patch_conv_as_linear(op, data: OpData) -> OpData | None:
     return OpData(a=a, b=data.b.reshape(data.b.shape[0], -1), target=target, b_is_weight=True)
 
 
-class FastOpSearch(OpSearch):
-    """Drop-in replacement of :class:`OpSearch` with the same objective and candidates."""
+class FastEvaluator:
+    """Searches one uniform operand's interval of an :class:`OpProblem` with the levers of the module
+    docstring; same objective and candidates as :class:`~vitq.calibration.search.reference.DirectEvaluator`."""
 
-    def __init__(self, op, data: OpData, *args, **kwargs):
+    #: the walk over the grid is coarse-to-fine (also what searchable quantizers are told)
+    exhaustive = False
+
+    @classmethod
+    def build(cls, op, data: OpData, loss_for: Callable[[OpData], OutputLoss]) -> FastEvaluator:
+        """The evaluator of ``op``, a patch-embedding convolution laid out as a Linear; ``loss_for(data)``
+        builds the loss strategy for the layout chosen."""
         view = patch_conv_as_linear(op, data)
-        super().__init__(op, view or data, *args, **kwargs)
+        if view is None:
+            return cls(OpProblem(op, data, loss_for(data)), is_linear=op.role == "linear")
+        problem = OpProblem(op, view, loss_for(view), compute=lambda a, b: F.linear(a, b, op.bias), channel_dim=-1)
+        return cls(problem, is_linear=True)
+
+    def __init__(self, problem: OpProblem, *, is_linear: bool):
+        if not problem.loss.moments:
+            raise ValueError(f"the fast evaluator needs a loss computed from moments; got {type(problem.loss).__name__}")
+        self.problem, self.loss = problem, problem.loss
+        self.op, self.data, self.qa, self.qb, self.n = problem.op, problem.data, problem.qa, problem.qb, problem.n
         self._buf: torch.Tensor | None = None
         self._last: dict[int, tuple[torch.Tensor, ...]] = {}
-        self.is_linear = op.role == "linear" or view is not None
-        if view is not None:
-            self.compute = lambda a, b: F.linear(a, b, op.bias)
-            self.channel_dim = -1
+        self.is_linear = is_linear
         self.use_int = (
             HAS_INT_MM and self.is_linear and self.data.b_is_weight and self.data.a.device.type == "cpu"
             # integer codes of Eq. 8 only: other quantizers (two-region, log, ...) are evaluated in float
@@ -101,35 +122,59 @@ class FastOpSearch(OpSearch):
             self._buf = torch.empty_like(x)
         return fake_quant_into(x, q.broadcast_scale(x, scale), q.qmin, q.qmax, self._buf)
 
-    def _factors(self, num_candidates: int) -> list[float]:
-        return torch.linspace(self.method.alpha, self.method.beta, num_candidates).tolist()
-
     # -- dispatch -----------------------------------------------------------------------------------------
-    def search_operand(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+    def search_operand(self, which: int, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
+        """Best of the candidates ``base * factors[i]`` for operand ``which``; returns the loss in force."""
         # A search repeated from the state its last run ended in (same intervals, same bias) picks the
         # same interval again: skip it. Exact; it saves the last half-round of most ops.
         state = self._state()
         if self._last.get(which) is not None and all(torch.equal(u, v) for u, v in zip(state, self._last[which])):
             return current_loss
-        if which == 1 and self._moments_apply(num_candidates):
-            loss = self._search_weight_moments(base, current_loss, num_candidates)
+        if which == 1 and self._moments_apply(len(factors)):
+            loss = self._search_weight_moments(base, current_loss, factors)
         elif self._score_moments_apply(which):
-            loss = self._search_score_moments(which, base, current_loss, num_candidates)
+            loss = self._search_score_moments(which, base, current_loss, factors)
         elif self.use_int:
-            loss = self._search_int(which, base, current_loss, num_candidates)
+            loss = self._search_int(which, base, current_loss, factors)
         else:
-            loss = self._search_grid(which, base, current_loss, num_candidates)
+            loss = self._search_grid(which, base, current_loss, factors)
         self._last[which] = self._state()
         return loss
 
     def _state(self) -> tuple[torch.Tensor, ...]:
-        bias = self.op.bias.detach().clone() if self.has_bias else torch.zeros(())
+        bias = self.op.bias.detach().clone() if self.problem.has_bias else torch.zeros(())
         return self.qa.scale.clone(), self.qb.scale.clone(), bias
 
     def current_loss(self) -> float:
         if self.use_int:  # the same arithmetic as the candidates it is compared with
             return self._int_loss(self._codes_x(self.qa.scale), self._codes_w(self.qb.scale), self.qa.scale, self.qb.scale)
-        return super().current_loss()
+        return self.problem.current_loss()
+
+    def _accept_confirmed(self, q, base: torch.Tensor, factors: list[float], cache: dict[int, float],
+                          old: torch.Tensor, current_loss: float) -> float:
+        """Accept the best candidate of ``cache`` (losses computed another way than :meth:`current_loss`,
+        with the current interval ``old`` at index -1) if it beats the current interval there, and if
+        the direct computation confirms it; else keep ``old``. The confirmation keeps search histories
+        comparable and keeps the old interval where float rounding misjudged a near tie."""
+        best = best_index(cache)
+        if not cache[best] < cache[-1]:
+            return current_loss
+        q.scale.copy_(base * factors[best])
+        new_loss = self.current_loss()
+        if new_loss < current_loss:
+            return new_loss
+        q.scale.copy_(old)
+        return current_loss
+
+    def _accept_best(self, q, base: torch.Tensor, factors: list[float], evaluate, current_loss: float) -> float:
+        """Coarse-to-fine over the grid; the best candidate replaces ``q``'s interval only if it is
+        strictly better than the current one (as in the reference)."""
+        cache = walk(len(factors), evaluate)
+        best = best_index(cache)
+        if cache[best] < current_loss:
+            q.scale.copy_(base * factors[best])
+            return cache[best]
+        return current_loss
 
     # -- (3) integer evaluation ---------------------------------------------------------------------------
     def _codes_x(self, scale: torch.Tensor) -> torch.Tensor:
@@ -145,41 +190,44 @@ class FastOpSearch(OpSearch):
         """The objective of the op's output ``int32(C_X C_W^T) * Delta_X * Delta_W + b``."""
         wct, bias = wc.t(), self.op.bias
         step = sa * sb  # 0-d, or per output channel (the last output dim)
-        total = 0.0
-        for rows in self._rows():
-            out = torch._int_mm(xc[rows.start * self.tokens: rows.stop * self.tokens], wct).float().mul_(step)
-            if bias is not None:
-                out.add_(bias.detach())
-            total += objective_sum(out.view(rows.stop - rows.start, -1), self.stats, rows)
-        return total / self.n
 
-    def _search_int(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+        def outputs():
+            for rows in self.problem.rows():
+                out = torch._int_mm(xc[rows.start * self.tokens: rows.stop * self.tokens], wct).float().mul_(step)
+                if bias is not None:
+                    out.add_(bias.detach())
+                yield rows, out.view(rows.stop - rows.start, -1)
+
+        return self.loss.mean(outputs(), self.n)
+
+    def _search_int(self, which: int, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
         """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate by an integer GEMM."""
-        factors = self._factors(num_candidates)
         if which == 0:
             q = self.qa
             wc, sb = self._codes_w(self.qb.scale), self.qb.scale
 
-            def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
+            def evaluate(indices: list[int]) -> list[float]:
+                out = []
                 for i in indices:
                     s = base * factors[i]
-                    cache[i] = self._int_loss(self._codes_x(s), wc, s, sb)
+                    out.append(self._int_loss(self._codes_x(s), wc, s, sb))
+                return out
         else:
             q = self.qb
             xc, sa = self._codes_x(self.qa.scale), self.qa.scale
 
-            def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
+            def evaluate(indices: list[int]) -> list[float]:
+                out = []
                 for i in indices:
                     s = base * factors[i]
-                    cache[i] = self._int_loss(xc, self._codes_w(s), sa, s)
+                    out.append(self._int_loss(xc, self._codes_w(s), sa, s))
+                return out
 
-        return self._accept_best(q, base, factors, evaluate_many, current_loss)
+        return self._accept_best(q, base, factors, evaluate, current_loss)
 
     # -- (1) weights by moments ---------------------------------------------------------------------------
     def _moments_apply(self, num_candidates: int) -> bool:
-        if not self.data.b_is_weight or not self.is_linear or self.ranking is not None:
-            return False
-        if self.method.objective not in OBJECTIVES:
+        if not self.data.b_is_weight or not self.is_linear or self.loss.ranking is not None:
             return False
         cout, cin = self.data.b.shape
         need = 4 * self.n * (cout * cin + cin * cin)
@@ -200,7 +248,7 @@ class FastOpSearch(OpSearch):
         per_candidate = cout * cin * cin / gram_speed + self.n * cin * (cout + cin)
         return setup, per_candidate, tokens * cin * cout / speed
 
-    def _moment_evaluator(self, base: torch.Tensor, num_candidates: int):
+    def _moment_evaluator(self, base: torch.Tensor, factors: list[float]):
         """``evaluate(indices) -> losses`` of the weight candidates ``base * factor[i]`` (index -1: the
         current interval) from the per-sample moments of the fixed quantized input."""
         op, qa, qb = self.op, self.qa, self.qb
@@ -220,7 +268,7 @@ class FastOpSearch(OpSearch):
         del x, o
         w = self.data.b
         old = qb.scale.clone()  # index -1
-        factors = self._factors(num_candidates)
+        num_candidates = len(factors)
         chunk = max(1, (64 << 20) // (4 * max(cout * cin, cin * cin)))
 
         # Per-tensor integer weight codes (Eq. 8, <= 8 bits): W_q = Delta * C with int8 C, so
@@ -270,72 +318,26 @@ class FastOpSearch(OpSearch):
 
         return evaluate
 
-    def _weight_moment_losses(self, base: torch.Tensor, num_candidates: int) -> list[float]:
+    def _weight_moment_losses(self, base: torch.Tensor, factors: list[float]) -> list[float]:
         """The moment loss of every weight candidate (tests compare it with direct evaluations)."""
-        return self._moment_evaluator(base, num_candidates)(list(range(num_candidates)))
+        return self._moment_evaluator(base, factors)(list(range(len(factors))))
 
-    def _search_weight_moments(self, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+    def _search_weight_moments(self, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
         qb = self.qb
         old = qb.scale.clone()
-        factors = self._factors(num_candidates)
-        evaluate = self._moment_evaluator(base, num_candidates)
+        evaluate = self._moment_evaluator(base, factors)
         # Evaluate all C candidates (exact) when that costs no more than the ~3*sqrt(C) direct
         # evaluations of the coarse-to-fine search; otherwise run coarse-to-fine on the moments.
         setup, per_candidate, direct = self._moment_costs()
-        exhaustive = setup + num_candidates * per_candidate <= 3 * math.sqrt(num_candidates) * direct
+        num = len(factors)
+        exhaustive = setup + num * per_candidate <= 3 * math.sqrt(num) * direct
         cache = dict(zip([-1], evaluate([-1])))
-        if exhaustive:
-            cache.update(zip(range(len(factors)), evaluate(list(range(len(factors))))))
-        else:
-            self._coarse_to_fine(len(factors), lambda idx: cache.update(zip(idx, evaluate(idx))), cache)
+        walk(num, evaluate, exhaustive=exhaustive, cache=cache)
         return self._accept_confirmed(qb, base, factors, cache, old, current_loss)
-
-    def _accept_confirmed(self, q, base: torch.Tensor, factors: list[float], cache: dict[int, float],
-                          old: torch.Tensor, current_loss: float) -> float:
-        """Accept the best candidate of ``cache`` (losses computed another way than :meth:`current_loss`,
-        with the current interval ``old`` at index -1) if it beats the current interval there, and if
-        the direct computation confirms it; else keep ``old``. The confirmation keeps search histories
-        comparable and keeps the old interval where float rounding misjudged a near tie."""
-        best = min((i for i in cache if i >= 0), key=cache.__getitem__)
-        if not cache[best] < cache[-1]:
-            return current_loss
-        q.scale.copy_(base * factors[best])
-        new_loss = self.current_loss()
-        if new_loss < current_loss:
-            return new_loss
-        q.scale.copy_(old)
-        return current_loss
-
-    def _accept_best(self, q, base: torch.Tensor, factors: list[float], evaluate_many, current_loss: float) -> float:
-        """Coarse-to-fine over the grid; the best candidate replaces ``q``'s interval only if it is
-        strictly better than the current one (as in the reference)."""
-        cache: dict[int, float] = {}
-        self._coarse_to_fine(len(factors), lambda idx: evaluate_many(idx, cache), cache)
-        best = min(cache, key=cache.__getitem__)
-        if cache[best] < current_loss:
-            q.scale.copy_(base * factors[best])
-            return cache[best]
-        return current_loss
-
-    @staticmethod
-    def _coarse_to_fine(num: int, evaluate_many, cache: dict[int, float]) -> None:
-        """Fill ``cache`` with the losses of every k-th candidate (k ~ sqrt(num)) and of every candidate
-        within k of the best one or two local minima of those; ``evaluate_many(indices)`` stores losses
-        into ``cache``."""
-        last = num - 1
-        k = max(1, round(math.sqrt(num)))
-        coarse = sorted(set(range(0, last + 1, k)) | {last})
-        evaluate_many([i for i in coarse if i not in cache])
-        # Refine around the best coarse point and, where the coarse samples show a second local
-        # minimum (a multimodal objective: 4-bit layers with outlier channels), around that one too.
-        minima = [c for j, c in enumerate(coarse)
-                  if all(cache[c] <= cache[coarse[jj]] for jj in (j - 1, j + 1) if 0 <= jj < len(coarse))]
-        for best in sorted(minima, key=cache.__getitem__)[:2]:
-            evaluate_many([i for i in range(max(0, best - k + 1), min(last, best + k - 1) + 1) if i not in cache])
 
     def _moment_loss(self, o_sum, o_sq, sum_hat, cross, sq_hat, d: float) -> torch.Tensor:
         """Mean over samples of the objective from per-sample moments; one value per candidate column."""
-        obj = self.method.objective
+        obj = self.loss.objective
         if obj == "mse":
             return ((o_sq - 2 * cross + sq_hat) / d).mean(dim=0)
         if obj == "pearson":
@@ -355,46 +357,31 @@ class FastOpSearch(OpSearch):
         a, b = self.data.a, self.data.b
         if self.op.role != "attn_scores" or type(q) is not UniformQuantizer or a.dim() < 3 or b.dim() != a.dim():
             return False
-        if self.method.objective not in OBJECTIVES:
-            return False
         t, d, t2 = a.shape[-2], a.shape[-1], b.shape[-1]
-        pairs = self.ranking.p.numel() if self.ranking is not None else 0
+        ranking = self.loss.ranking
+        pairs = ranking.p.numel() if ranking is not None else 0
         direct = t * t2 * (d + pairs)
         moments = t * d * (d + pairs) + (d * t2 * pairs if which == 1 else 0)
         return moments < direct
 
-    def _search_score_moments(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+    def _search_score_moments(self, which: int, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
         """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate's loss from
-        :class:`~vitq.calibration.score_moments.ScoreMoments`, confirmed as the weight moments are."""
-        q, other_q = (self.qa, self.qb) if which == 0 else (self.qb, self.qa)
-        x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
-        moments = ScoreMoments(which, other_q.fake_quant_with(other, other_q.scale), self.stats, self.ranking,
-                               getattr(self, "gamma", 0.0))
-        factors = self._factors(num_candidates)
+        :class:`~vitq.calibration.search.score_moments.ScoreMoments`, confirmed as the weight moments are."""
+        q, other_q, x, other = self.problem.operands(which)
+        moments = ScoreMoments(which, other_q.fake_quant_with(other, other_q.scale), self.loss.stats, self.loss.ranking,
+                               self.loss.gamma)
         old = q.scale.clone()
-
-        def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
-            for i in indices:
-                cache[i] = moments.loss(self._fq_into(q, x, old if i < 0 else base * factors[i]))
-
-        cache: dict[int, float] = {}
-        evaluate_many([-1], cache)  # the current interval, on the same footing as the candidates
-        self._coarse_to_fine(len(factors), lambda idx: evaluate_many(idx, cache), cache)
+        # the current interval, on the same footing as the candidates
+        cache = {-1: moments.loss(self._fq_into(q, x, old))}
+        walk(len(factors), lambda idx: [moments.loss(self._fq_into(q, x, base * factors[i])) for i in idx], cache=cache)
         return self._accept_confirmed(q, base, factors, cache, old, current_loss)
 
     # -- (2) coarse-to-fine over the grid -------------------------------------------------------------------
-    def _search_grid(self, which: int, base: torch.Tensor, current_loss: float, num_candidates: int) -> float:
+    def _search_grid(self, which: int, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
         """Coarse-to-fine over the grid with direct evaluations: about 3*sqrt(C) instead of C. Exact
         whenever the objective, sampled every k candidates, peaks next to its true optimum; the
         benchmark counts where it does not."""
-        q, other_q = (self.qa, self.qb) if which == 0 else (self.qb, self.qa)
-        x, other = (self.data.a, self.data.b) if which == 0 else (self.data.b, self.data.a)
-        other_fq = other_q.fake_quant_with(other, other_q.scale)
-        factors = self._factors(num_candidates)
-
-        def evaluate_many(indices: list[int], cache: dict[int, float]) -> None:
-            for i in indices:
-                xq = self._fq_into(q, x, base * factors[i])
-                cache[i] = self.loss(xq, other_fq) if which == 0 else self.loss(other_fq, xq)
-
-        return self._accept_best(q, base, factors, evaluate_many, current_loss)
+        q, _, x, _ = self.problem.operands(which)
+        loss_fn = self.problem.operand_loss(which)
+        return self._accept_best(q, base, factors, lambda idx: [loss_fn(self._fq_into(q, x, base * factors[i])) for i in idx],
+                                 current_loss)
