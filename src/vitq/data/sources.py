@@ -31,9 +31,14 @@ class ImageSet:
     source: str
 
 
-def _subsample(n_total: int, num: int | None, seed: int) -> list[int] | None:
+def _subsample(n_total: int, num: int | None, seed: int, source: object = None) -> list[int] | None:
+    """Indices of a seeded random sample of ``num`` of ``n_total`` images (sorted), or None for all of them.
+
+    Every source samples through here, so asking for more images than a source holds always logs a warning
+    (naming ``source``) and uses them all."""
     if num is not None and num > n_total:
-        log.warning("asked for %d images but the source holds %d: using all %d", num, n_total, n_total)
+        log.warning("asked for %d images but the source holds %d%s: using all %d", num, n_total,
+                    f" ({source})" if source is not None else "", n_total)
     if num is None or num >= n_total:
         return None
     if num < 1:
@@ -51,7 +56,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         if split not in valid:
             raise CalibrationDataError(f"{source!r}: split must be one of {valid}")
         imgs, labels = fm.load_fmnist_subset(split) if kind == "fmnist-subset" else fm.load_fashion_mnist(split)
-        idx = _subsample(len(imgs), num, seed)
+        idx = _subsample(len(imgs), num, seed, source)
         if idx is not None:
             imgs, labels = imgs[idx], labels[idx]
         return ImageSet(normalize_uint8(imgs, cfg), labels, source)
@@ -64,7 +69,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         from vitq.data.foolbox_samples import load_foolbox_samples
 
         found = load_foolbox_samples(source.split(":", 1)[1], cfg)
-        idx = _subsample(len(found.images), num, seed)
+        idx = _subsample(len(found.images), num, seed, source)
         if idx is not None:
             found = ImageSet(found.images[idx], found.labels[idx], source)
         return found
