@@ -28,11 +28,22 @@ class DataFormatError(VitqError):
 
 
 class NonFiniteError(VitqError, FloatingPointError):
-    """NaN or inf found in activations or weights during calibration (the message names the op)."""
+    """NaN or inf where a finite number is needed: a float model's weights or buffers (at
+    :func:`vitq.quantize`), activations during calibration, a model's logits (at evaluation), or a value
+    about to be written to a JSON file. The message names the tensor, op or key."""
 
 
 class QuantizedModelFormatError(VitqError):
     """A saved quantized model is missing files or has an incompatible format version."""
+
+
+class OutputPathError(VitqError):
+    """An output path cannot be written: its parent is not a writable directory (the message names it)."""
+
+
+class OutputExistsError(OutputPathError, FileExistsError):
+    """An output path is taken: a file, a non-empty directory that is not a vitq output, or a vitq output
+    and ``overwrite`` was not given. Nothing was written or removed."""
 
 
 class ExportError(VitqError):

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vitq.data.imageset import subsample
 from vitq.data.transforms import DataConfig, preprocess_image
 from vitq.errors import CalibrationDataError
 
@@ -69,17 +69,17 @@ def load_image(path: Path, cfg: DataConfig) -> torch.Tensor:
 
 def load_folder(root: str | Path, cfg: DataConfig, *, num: int | None = None, seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
-    """Load up to ``num`` images (a seeded random sample when the folder holds more) as one tensor.
+    """Load up to ``num`` images (a seeded random sample when the folder holds more) as one tensor; a
+    folder holding fewer than ``num`` logs a warning and gives all it has.
 
     Returns:
         ``(images (N, C, H, W), labels (N,) or None, class names or None)``.
     """
+
     lst = scan_folder(root)
-    idx = list(range(len(lst.paths)))
-    if num is not None and num < len(idx):
-        if num < 1:
-            raise CalibrationDataError(f"num={num}: ask for at least one image")
-        idx = sorted(random.Random(seed).sample(idx, num))
+    idx = subsample(len(lst.paths), num, seed, f"image folder {root}")  # warns if it holds fewer than num
+    if idx is None:
+        idx = list(range(len(lst.paths)))
     images = torch.stack([load_image(lst.paths[i], cfg) for i in idx])
     labels = torch.tensor([lst.labels[i] for i in idx]) if lst.labels is not None else None
     log.info("loaded %d images from %s", len(idx), root)

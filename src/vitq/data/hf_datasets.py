@@ -187,7 +187,7 @@ def load_hf_dataset(
         raise DataFormatError(f"{what}: expected an indexable data set of dict rows, found {type(data).__name__}") from e
     if n == 0:
         raise CalibrationDataError(f"{what} (split {split!r}) is empty: no rows to load")
-    idx = subsample(n, num, seed) or list(range(n))
+    idx = subsample(n, num, seed, what) or list(range(n))
 
     rows = []
     for i in idx:

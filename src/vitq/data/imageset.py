@@ -24,11 +24,13 @@ class ImageSet:
     source: str
 
 
-def subsample(n_total: int, num: int | None, seed: int) -> list[int] | None:
+def subsample(n_total: int, num: int | None, seed: int, source: object = None) -> list[int] | None:
     """Sorted indices of a seeded random sample of ``num`` of ``n_total`` items; None for all of them (``num``
-    None or at least ``n_total``, with a warning when more were asked for than there are)."""
+    None or at least ``n_total``). Every source samples through here, so asking for more images than a
+    source holds always logs a warning naming ``source``."""
     if num is not None and num > n_total:
-        log.warning("asked for %d images but the source holds %d: using all %d", num, n_total, n_total)
+        log.warning("asked for %d images but the source holds %d%s: using all %d", num, n_total,
+                    f" ({source})" if source is not None else "", n_total)
     if num is None or num >= n_total:
         return None
     if num < 1:

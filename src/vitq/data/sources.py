@@ -29,7 +29,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         if split not in valid:
             raise CalibrationDataError(f"{source!r}: split must be one of {valid}")
         imgs, labels = fm.load_fmnist_subset(split) if kind == "fmnist-subset" else fm.load_fashion_mnist(split)
-        idx = subsample(len(imgs), num, seed)
+        idx = subsample(len(imgs), num, seed, source)
         if idx is not None:
             imgs, labels = imgs[idx], labels[idx]
         return ImageSet(normalize_uint8(imgs, cfg), labels, source)
@@ -42,7 +42,7 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
         from vitq.data.foolbox_samples import load_foolbox_samples
 
         found = load_foolbox_samples(source.split(":", 1)[1], cfg)
-        idx = subsample(len(found.images), num, seed)
+        idx = subsample(len(found.images), num, seed, source)
         if idx is not None:
             found = ImageSet(found.images[idx], found.labels[idx], source)
         return found

@@ -24,10 +24,7 @@ a float Conv on dequantized int8 operands: the same numbers, not an integer kern
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vitq.errors import ExportError
+from vitq.errors import DataFormatError, ExportError
 from vitq.export.onnx_qdq import ACTIVATION_TYPES, qdq_twin
 from vitq.info import QuantInfo
 from vitq.nn.qops import quant_ops
+from vitq.utils.atomic import atomic_file, scratch_dir
+from vitq.utils.jsonio import dumps_strict, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +217,8 @@ def _drop_unused_initializers(graph) -> None:
 def _save(model_proto, path: Path) -> None:
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model_proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:  # the umask's permissions, as a plain open (mkstemp would give 0600)
+        onnx.save(model_proto, str(tmp))
 
 
 def _meta(model: nn.Module, extra: dict) -> str:
@@ -242,7 +234,7 @@ def _meta(model: nn.Module, extra: dict) -> str:
             meta["data_config"] = dc.to_dict()
         if spec:
             meta["model_spec"] = spec
-    return json.dumps(meta)
+    return dumps_strict(meta, what="ONNX metadata")
 
 
 def _finish(tmp_onnx: Path, path: Path, model: nn.Module, extra: dict, graph_pass: bool):
@@ -292,7 +284,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
     twin = qdq_twin(qmodel, activation_type)
     ops = {n: {"role": op.role, "a_bits": op.quantizers()[0].bits, "b_bits": op.quantizers()[1].bits}
            for n, op in quant_ops(qmodel).items()}
-    with tempfile.TemporaryDirectory(dir=path.parent) as d:
+    with scratch_dir(path) as d:
         tmp = Path(d) / "traced.onnx"
         trace_onnx(twin, _example_input(qmodel, example), tmp, opset, batch_dynamic)
         proto = _finish(tmp, path, qmodel, {"kind": "qdq", "activation_type": activation_type, "ops": ops},
@@ -311,7 +303,7 @@ def export_float_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAUL
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as d:
+    with scratch_dir(path) as d:
         tmp = Path(d) / "traced.onnx"
         if quant_ops(model):
             with quantization_disabled(model):
@@ -329,5 +321,8 @@ def read_onnx_meta(path: str | Path) -> dict:
     proto = onnx.load(str(path), load_external_data=False)
     for p in proto.metadata_props:
         if p.key == META_KEY:
-            return json.loads(p.value)
+            try:
+                return loads_strict(p.value)
+            except ValueError as e:
+                raise DataFormatError(f"{path}: the vitq metadata is not valid JSON: {e}") from e
     return {}

@@ -91,8 +91,14 @@ class OrtModel:
 
     def predict(self, images: torch.Tensor, batch_size: int = 64, *, progress: bool = False,
                 desc: str = "onnx") -> torch.Tensor:
-        """Logits ``(N, classes)`` of ``images`` ``(N, C, H, W)``, in batches."""
-        outs = [self(b) for b in tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress)]
+        """Logits ``(N, classes)`` of ``images`` ``(N, C, H, W)``, in batches; NaN or inf logits raise
+        :class:`~vitq.errors.NonFiniteError` (as :func:`vitq.eval.metrics.predict`)."""
+        from vitq.eval.metrics import check_finite_logits
+
+        outs, start = [], 0
+        for b in tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress):
+            outs.append(check_finite_logits(self(b), f"{desc}: the ONNX model's logits", start))
+            start += b.shape[0]
         return torch.cat(outs)
 
 

@@ -17,7 +17,6 @@ exactly as :func:`vitq.export.serialization.load_quantized` does, then sets each
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -29,22 +28,24 @@ from safetensors.torch import load_file, save_file
 
 from vitq.errors import ExportError, QuantizedModelFormatError
 from vitq.export.serialization import (
-    META_FILE,
+    DIGEST_FORMAT_VERSION,
+    PACKED_FORMAT,
+    check_output_path,
     finish_load,
     load_quantized,
     quantized_meta,
     read_meta,
     rebuild_quantized,
+    write_output,
 )
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.uniform import UniformQuantizer, qrange
-from vitq.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vitq-packed"
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)  # v1: before the QuantInfo "calibration" record
+FORMAT = PACKED_FORMAT
+FORMAT_VERSION = DIGEST_FORMAT_VERSION  # 3: + the sha256 of packed.safetensors
+READABLE_FORMAT_VERSIONS = (1, 2, 3)  # v1: before the QuantInfo "calibration" record; v1, v2: no digest
 PACKED_FILE = "packed.safetensors"
 PACKED_SUFFIX = ".packed"
 MIN_PACK_BITS, MAX_PACK_BITS = 2, 8
@@ -111,12 +112,15 @@ def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
 
 
 @torch.no_grad()
-def save_packed(qmodel: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+def save_packed(qmodel: nn.Module, path: str | Path, extra: dict | None = None, *, overwrite: bool = False) -> Path:
     """Write a calibrated model with its weights packed at their bit-widths to the directory ``path``.
 
-    The directory is ``packed.safetensors`` + ``vitq.json`` (replaced atomically). The saved model is
-    frozen by construction: its weights are ``codes * scale``.
+    The directory is ``packed.safetensors`` + ``vitq.json``. The saved model is frozen by construction: its
+    weights are ``codes * scale``. ``path`` and ``overwrite`` as in
+    :func:`~vitq.export.serialization.save_quantized` (an existing vitq output is replaced atomically and only
+    with ``overwrite=True``; anything else at ``path`` is refused and left untouched).
     """
+    check_output_path(path, overwrite)  # before packing
     ops = quant_ops(qmodel)
     tensors = dict(qmodel.state_dict())
     packed: dict[str, dict] = {}
@@ -138,9 +142,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, extra: dict | None = None) 
         op_meta.pop("b_scale", None)
     meta["packed"] = packed
     meta["aliases"] = aliases
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / PACKED_FILE))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    write_output(path, meta, PACKED_FILE, lambda f: save_file(tensors, str(f)), overwrite=overwrite)
     log.info("saved %d packed weights to %s (%.3f MB)", len(packed), path, (Path(path) / PACKED_FILE).stat().st_size / 1e6)
     return Path(path)
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from vitq.calibration.engine import CalibrationReport, calibrate
 from vitq.config import QuantConfig
-from vitq.errors import ConfigError, VitqError
+from vitq.errors import ConfigError, NonFiniteError, VitqError
 from vitq.info import QuantInfo, get_quant_info
 from vitq.lifecycle.install import install_quantizers
 from vitq.models.base import get_adapter
@@ -78,10 +78,28 @@ def _float_by_plan(model: nn.Module, config: QuantConfig) -> set[str]:
             and config.plan_entry(n)[1].enabled is False}
 
 
+@torch.no_grad()
+def check_finite_tensors(model: nn.Module, what: str = "the float model") -> None:
+    """Every floating-point parameter and buffer of ``model`` must be finite; else :class:`NonFiniteError`
+    naming the first bad tensor (e.g. ``head.weight``) and how many NaN / inf values it holds."""
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    tensors += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, t in tensors:
+        if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+            continue
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(torch.isinf(t).sum())
+        raise NonFiniteError(f"{what} has non-finite values in {kind} {name}: {n_nan} NaN and {n_inf} inf of "
+                             f"{t.numel()}; quantizing it would give a meaningless model (check the checkpoint)")
+
+
 class SwapModules(Stage):
     """Swap every Linear, the patch-embedding Conv and every attention module for its quantized
     counterpart (registry :mod:`vitq.nn.registry`, adapters :mod:`vitq.models`); set per-op bits and
-    granularity from the config and its plan. Quantizers stay disabled until calibrated."""
+    granularity from the config and its plan. Quantizers stay disabled until calibrated.
+
+    Raises :class:`NonFiniteError` naming the tensor if a parameter or buffer of the float model holds NaN
+    or inf."""
 
     name = "swap"
 
@@ -89,6 +107,7 @@ class SwapModules(Stage):
         config, recipe = state.config, state.recipe
         model = state.model
         adapter = get_adapter(model)
+        check_finite_tensors(model)
         spec_source = getattr(model, "vitq_model_spec", None)
         if not state.inplace:
             model = copy.deepcopy(model)

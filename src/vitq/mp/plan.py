@@ -43,6 +43,8 @@ class MPResult:
         candidates, base_bits, granularity: the search settings.
         units: ``{unit name: {"kind", "ops", "weight_numel"}}``.
         extra: method details (nuclear norms, Hessian traces, greedy steps).
+        budget_binding: False when the budget was at or above the largest model the candidates allow:
+            every unit then has the largest candidate and no search was run (no sensitivities).
     """
 
     plan: dict[str, dict[str, int]]
@@ -58,6 +60,23 @@ class MPResult:
     granularity: str = "module"
     units: dict[str, dict] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    budget_binding: bool = True
+
+    @property
+    def bits_range(self) -> tuple[int, int]:
+        """``(lowest, highest)`` bit-width the plan gives any op (weights or inputs; units and fixed ops)."""
+        bits = [b for opts in self.plan.values() for b in (opts.get("w_bits"), opts.get("a_bits")) if b is not None]
+        bits = bits or list(self.unit_bits.values()) or [self.base_bits]
+        return min(bits), max(bits)
+
+    def summary(self) -> dict:
+        """The figures a run summary reports: method, budget and size (MB), whether the budget was binding, the
+        bits actually used (``bits_min``, ``bits_max``, ``average_bits`` over the units) and ``unit_bits``."""
+        lo, hi = self.bits_range
+        return {"mixed_precision": True, "mp_method": self.method, "budget_mb": round(self.budget_mb, 6),
+                "size_mb": self.size_mb, "budget_binding": self.budget_binding, "bits_min": lo, "bits_max": hi,
+                "average_bits": round(self.average_bits, 3), "search_seconds": round(self.seconds, 2),
+                "unit_bits": dict(self.unit_bits)}
 
     @property
     def average_bits(self) -> float:

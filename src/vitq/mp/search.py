@@ -77,7 +77,10 @@ def search_plan(model: nn.Module, calib_images: torch.Tensor | Iterable, *, meth
             (the MSA output; see :mod:`vitq.mp.nuclear`).
 
     Returns:
-        An :class:`MPResult`; ``result.plan`` goes into ``QuantConfig(plan=...)``.
+        An :class:`MPResult`; ``result.plan`` goes into ``QuantConfig(plan=...)``. A budget at or above the
+        largest model the candidates allow is not binding: every unit then gets the largest candidate (the
+        search is skipped, a warning says so, ``result.budget_binding`` is False); ``result.bits_range`` and
+        ``result.summary()`` give the bits the plan actually uses.
 
     Raises:
         ConfigError: unknown method, bad bits, or a budget below the all-lowest-candidates model.
@@ -119,8 +122,18 @@ def search_plan(model: nn.Module, calib_images: torch.Tensor | Iterable, *, meth
             f"raise the budget or add lower candidate bit-widths")
     log.info("mixed precision (%s): %d units, candidates %s, budget %.4f MB", method, len(units), cands,
              capacity / BITS_PER_MB)
+    largest = size.bits([cands[-1]] * len(units))
+    binding = capacity < largest
     extra: dict = {}
-    if method == "greedy":
+    if not binding:
+        # every configuration fits: the search cannot change the answer, so it is skipped
+        log.warning("mixed precision (%s): the budget %.4f MB is not binding: it is at or above the largest model "
+                    "the candidates allow, %.4f MB; every unit gets the largest candidate, %d bits%s (lower it "
+                    "with --candidates / candidates=)", method, capacity / BITS_PER_MB, largest / BITS_PER_MB,
+                    cands[-1], f", above the base {base} bits" if cands[-1] > base else "")
+        unit_bits = [cands[-1]] * len(units)
+        sens, frontier = {}, []
+    elif method == "greedy":
         from vitq.mp.greedy import greedy_allocate
 
         sub = batches if greedy_images is None else as_batches(images[:greedy_images], batch_size)
@@ -155,8 +168,10 @@ def search_plan(model: nn.Module, calib_images: torch.Tensor | Iterable, *, meth
         budget_mb=capacity / BITS_PER_MB, method=method, frontier=frontier, sensitivities=sens,
         seconds=time.perf_counter() - t0, candidates=cands, base_bits=base, granularity=granularity,
         units={u.name: {"kind": u.kind, "ops": list(u.ops), "weight_numel": u.weight_numel} for u in units},
-        extra=extra,
+        extra=extra, budget_binding=binding,
     )
-    log.info("mixed precision (%s): %.4f MB of %.4f MB budget, %.2f average unit bits, %.1fs", method,
-             result.size_mb, result.budget_mb, result.average_bits, result.seconds)
+    lo, hi = result.bits_range
+    log.info("mixed precision (%s): %.4f MB of %.4f MB budget, %.2f average unit bits (ops at %s bits), %.1fs",
+             method, result.size_mb, result.budget_mb, result.average_bits, lo if lo == hi else f"{lo}-{hi}",
+             result.seconds)
     return result
