@@ -11,6 +11,16 @@ class ConfigError(VitqError, ValueError):
     """A configuration value is out of range or inconsistent (the message names it and the valid values)."""
 
 
+class ModelArgumentError(ConfigError):
+    """The model's constructor rejected an architecture argument (``create_model(spec, **kwargs)``, the
+    CLI's ``--model-arg KEY=VALUE``): unknown, or a value of the wrong type or range. ``key`` names the
+    argument when it can be told (else ``None``)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
 class UnsupportedModelError(VitqError, TypeError):
     """The model's family has no adapter; the message names its class and the supported families."""
 

@@ -17,18 +17,26 @@ def test_every_command_has_its_module():
     assert list(sub.choices) == ["quantize", "eval", "export", "bench", "mp-search", "report"]
 
 
-def test_no_command_means_quantize(monkeypatch):
+def test_quantize_without_flags_is_the_embedded_default(monkeypatch):
     import vitq.cli.quantize as quantize
 
     seen = []
     monkeypatch.setattr(quantize, "cmd_quantize", lambda args: seen.append(args) or 0)
-    assert main([]) == 0
+    assert main(["quantize"]) == 0  # what `make demo` runs
     assert seen[0].command == "quantize" and seen[0].num_calib == 32 and seen[0].model == "vitq:fmnist-vit"
 
 
-def test_vitq_error_exits_2(caplog):
+def test_no_command_prints_help_and_runs_nothing(monkeypatch, capsys):
+    import vitq.cli.quantize as quantize
+
+    monkeypatch.setattr(quantize, "cmd_quantize", lambda args: pytest.fail("vitq alone must not quantize"))
+    assert main([]) == 0
+    assert capsys.readouterr().out.startswith("usage: vitq")
+
+
+def test_vitq_error_exits_2(capsys):
     assert main(["quantize", "--model-arg", "oops"]) == 2
-    assert "--model-arg 'oops': expected KEY=VALUE" in caplog.text
+    assert capsys.readouterr().err == "vitq: error: --model-arg 'oops': expected KEY=VALUE\n"
 
 
 @pytest.mark.parametrize("module", ["vitq", "vitq.cli"])

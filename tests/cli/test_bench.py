@@ -8,12 +8,13 @@ from vitq.cli import main
 def test_bench_flags_reach_run_bench(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(runner, "run_bench", lambda name, **kw: seen.append((name, kw)))
-    assert main(["bench", "--quick", "--model", "fmnist-vit", "--bits", "6", "--methods", "minmax", "--sqb",
+    # (--sqb with --peers is refused before any run: repq-vit, one of the peers, has its own reparameterisation)
+    assert main(["bench", "--quick", "--model", "fmnist-vit", "--bits", "6", "--methods", "minmax", "--optm",
                  "--peers", "--out", "res"]) == 0
     (name, kw), = seen
     assert name == "fmnist-vit" and kw["bits"] == (6,) and kw["methods"] == ("minmax",)
     assert kw["num_calib"] == (32,) and kw["num_test"] == 500 and kw["out_dir"] == "res"
-    assert kw["config_overrides"] == {"sqb": True} and kw["peers"] is True and kw["ablation"] is True
+    assert kw["config_overrides"] == {"optm": True} and kw["peers"] is True and kw["ablation"] is True
     assert "wrote res/fmnist-vit.json" in capsys.readouterr().out
 
 

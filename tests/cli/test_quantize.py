@@ -33,7 +33,7 @@ def test_quantize_then_eval(setup, capsys):
                "--bits", "6", "--method", "liu2021", "--num-calib", "6", "--num-candidates", "5", "--max-iters", "1",
                "--eval-data", str(setup / "test"), "--out", str(out)])
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out.split("saved quantized")[0])
+    summary = json.loads(capsys.readouterr().out.split("wrote report")[0])
     assert summary["num_calib"] == 6 and summary["w_bits"] == 6 and 0 <= summary["agreement"] <= 1
     assert (out / "model.safetensors").is_file() and (out / "vitq.json").is_file()
     rc = main(["eval", "--quantized", str(out), "--data", str(setup / "test")])
@@ -45,18 +45,18 @@ def test_quantize_then_eval(setup, capsys):
 @pytest.mark.parametrize(
     "extra,match",
     [
-        (["--bits", "1"], "w_bits=1"),
-        (["--bits", "17"], "w_bits=17"),
-        (["--calib", "DOES_NOT_EXIST"], "does not exist"),
-        (["--checkpoint", "missing.safetensors"], "does not exist"),
+        (["--bits", "1"], "argument --bits: 1 bits is out of range: use an integer in 2..16"),
+        (["--w-bits", "17"], "argument --w-bits: 17 bits is out of range"),
+        (["--calib", "DOES_NOT_EXIST"], "--calib: image folder DOES_NOT_EXIST does not exist"),
+        (["--checkpoint", "missing.safetensors"], "argument --checkpoint: missing.safetensors does not exist"),
     ],
 )
-def test_bad_input_exits_2_with_message_and_writes_nothing(setup, caplog, extra, match):
+def test_bad_input_exits_2_with_message_and_writes_nothing(setup, capsys, extra, match):
     out = setup / "out_bad"
     args = ["quantize", *MODEL_ARGS, "--calib", str(setup / "calib"), "--num-calib", "2", "--out", str(out),
             "--method", "minmax", *extra]
     assert main(args) == 2
-    assert match in caplog.text
+    assert match in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -34,7 +34,7 @@ def test_quantize_writes_report_and_report_remakes_it(run_setup, capsys):
     out = run_setup / "run"
     assert _quantize(run_setup, out) == 0
     stdout = capsys.readouterr().out
-    json.loads(stdout.split("saved quantized")[0])  # the summary stays parseable: the report line comes after
+    json.loads(stdout.split("wrote report")[0])  # the summary stays parseable: the report line comes after
     assert f"wrote report {out / 'report.md'}" in stdout
     md = (out / "report.md").read_text()
     assert "`blocks.1.attn.matmul_context`" in md and "Lowest:" in md  # per-op SQNR vs the float checkpoint
@@ -52,11 +52,12 @@ def test_no_report_flag(run_setup):
     assert not (out / "report.md").exists() and (out / "vitq.json").is_file()
 
 
-def test_report_bench_and_bad_input(tmp_path, capsys, caplog):
+def test_report_bench_and_bad_input(tmp_path, capsys):
     results = tmp_path / "toy.json"
     results.write_text(json.dumps({"rows": [{"model": "toy", "method": "minmax", "w_bits": 8, "top1": 0.8}]}))
     assert main(["report", "--bench", str(results), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "toy-report.md").is_file() and (tmp_path / "rep" / "toy-top1-vs-bits.png").is_file()
-    assert main(["report"]) == 2 and "give RUN_DIR" in caplog.text
-    assert main(["report", str(tmp_path)]) == 2 and "no vitq.json" in caplog.text
-    assert main(["report", "--bench", str(tmp_path / "missing.json")]) == 2 and "no such results file" in caplog.text
+    assert main(["report"]) == 2 and "give RUN_DIR" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2 and "no vitq.json" in capsys.readouterr().err
+    assert main(["report", "--bench", str(tmp_path / "missing.json")]) == 2
+    assert "no such results file" in capsys.readouterr().err

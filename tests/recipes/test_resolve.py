@@ -47,3 +47,13 @@ def test_bench_row_flags():
     assert _row_fields(method="mptq") == {"smoothing": "sqb", "post_gelu": "optm", "smoothquant_alpha": "search"}
     assert _row_fields(method="liu2021", fully_quantized=True) == {"post_softmax": "log2", "fully_quantized": True}
     assert _row_fields(method="repq-vit") == {"smoothing": "repq", "post_softmax": "log_sqrt2"}
+
+
+def test_sqb_shift_false_needs_sqb():
+    """``sqb_shift=False`` alone would be ignored (no SQ-b to take the shift out of): an error naming it."""
+    with pytest.raises(ConfigError, match="sqb_shift=False applies to SQ-b, which method='liu2021' does not use"):
+        QuantConfig(method="liu2021", sqb_shift=False)
+    with pytest.raises(ConfigError, match="method='mptq-optm'"):
+        QuantConfig(method="mptq-optm", sqb_shift=False)
+    assert QuantConfig(method="liu2021", sqb=True, sqb_shift=False).recipe().smoothing == "smoothquant"
+    assert QuantConfig(method="mptq-sqb", sqb_shift=False).recipe().smoothing == "smoothquant"

@@ -47,7 +47,7 @@ def test_minmax_report_from_model(tmp_path, calib_images):
     assert path == tmp_path / REPORT_FILE
     rows = _table_rows(md)
     assert list(rows) == list(quant_ops(q))  # every quantized op, in model order
-    assert "| top-1 drop (points) | +12.50 |" in md and "| bits | W6A6 |" in md
+    assert "| top-1 change vs float (points, negative = worse) | -12.50 |" in md and "| bits | W6A6 |" in md
     sqnr = [float(cells[-1]) for cells in rows.values()]  # last column: output SQNR, finite at W6A6
     assert all(math.isfinite(v) and 5 < v < 60 for v in sqnr)
     # float 0.2690 MB (67k params x 4 B); quantized: weights at 6 bits -> about 5x smaller

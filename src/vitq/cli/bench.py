@@ -5,22 +5,43 @@ from __future__ import annotations
 
 import argparse
 
-from vitq.cli.options import add_extended_args, extended_overrides
+from vitq.cli.argtypes import bits, positive_float, positive_int
+from vitq.cli.common import add_seed_arg
+from vitq.cli.options import add_extended_args, check_sqb_shift, extended_overrides
+
+EXAMPLES = """examples:
+  vitq bench --quick --model fmnist-vit                     a few minutes: 500 test images, 32 calibration images
+  vitq bench --model fmnist-vit --bits 4 --methods liu2021 mptq --no-ablation
+  vitq bench --peers                                        vitq's methods beside the peers' and ONNX Runtime's
+  vitq bench --mp nuclear hessian --bits 6 5                mixed-precision rows
+  vitq report --bench benchmarks/results/fmnist-vit.json    then the report with its plots
+"""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    b = sub.add_parser("bench", help="the paper's Table 1 / Table 3 on the real models, into benchmarks/results")
+    b = sub.add_parser("bench", help="the paper's Table 1 / Table 3 on the real models, into benchmarks/results",
+                       description="Run the paper's Table 1 (every method at every bit-width) and Table 3 (the "
+                                   "ablation) on the benchmark models, merging one row per run into "
+                                   "<out>/<model>.json and a markdown table <out>/<model>.md. Needs the full "
+                                   "Fashion-MNIST test set (make bench-setup).",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--model", action="append", choices=["fmnist-vit", "dinov2-s14-fmnist"],
                    help="benchmark model, repeatable (default: both)")
-    b.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
-    b.add_argument("--num-calib", type=int, nargs="+", default=[32, 128])
+    b.add_argument("--bits", type=bits, nargs="+", default=[8, 6, 4],
+                   help="bit-widths W=A of the rows (default 8 6 4)")
+    b.add_argument("--num-calib", type=positive_int, nargs="+", default=[32, 128],
+                   help="calibration set sizes, one set of rows each (default 32 128; with --mp the first)")
     b.add_argument("--methods", nargs="+", default=None, help="default: minmax percentile easyquant mse liu2021")
-    b.add_argument("--no-ablation", action="store_true")
-    b.add_argument("--num-test", type=int, default=None, help="test images (default: the whole test set)")
+    b.add_argument("--no-ablation", action="store_true",
+                   help="skip the Table 3 ablation rows (liu2021-sim, liu2021-sim+rank, liu2021-sim+bc)")
+    b.add_argument("--num-test", type=positive_int, default=None, help="test images (default: the whole test set)")
     b.add_argument("--quick", action="store_true", help="500 test images, 32 calibration images: for iteration")
-    b.add_argument("--search", default="fast", choices=["fast", "reference"])
-    b.add_argument("--out", default="benchmarks/results")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--search", default="fast", choices=["fast", "reference"],
+                   help="the interval search implementation: fast (batched, the default) or reference (the "
+                        "paper's loops, slow; for checking)")
+    b.add_argument("--out", default="benchmarks/results",
+                   help="results directory: <model>.json (rows merged in) and <model>.md (default %(default)s)")
+    add_seed_arg(b)
     b.add_argument("--peers", action="store_true",
                    help="the whole comparison in one command: adds the mptq, ptq4vit and repq-vit recipes to the "
                         "methods at every --bits, and ONNX Runtime's quantize_static (MinMax, Percentile, Entropy) "
@@ -28,8 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_extended_args(b)  # MPTQ-ViT flags for every bench run (--sqb, --optm, --fully-quantized, ...)
     b.add_argument("--mp", nargs="+", default=None, choices=["nuclear", "nuclear-output", "hessian", "greedy"],
                    help="mixed-precision rows instead (vitq.bench.mp_bench): one per allocation method and --bits")
-    b.add_argument("--budget-mb", type=float, nargs="+", default=[], help="with --mp: explicit budgets too (MB)")
-    b.add_argument("--greedy-images", type=int, default=None,
+    b.add_argument("--budget-mb", type=positive_float, nargs="+", default=[],
+                   help="with --mp: explicit budgets too (MB)")
+    b.add_argument("--greedy-images", type=positive_int, default=None,
                    help="with --mp greedy: measure the greedy loss on the first N calibration images (default all)")
     b.add_argument("--no-uniform", action="store_true",
                    help="with --mp: do not run the uniform rows again; the tables compare with those already in the "
@@ -37,11 +59,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return b
 
 
+def check_methods(args: argparse.Namespace, methods: list[str], origin: dict[str, str] | None = None) -> None:
+    """Before the first run: each method exists and takes the flags given (``--sqb``, ``--no-sqb-shift``,
+    ``--sqb-proj`` ...), instead of an error after hours of rows. ``origin`` names where a method came
+    from when not ``--methods`` (``--peers``, the ablation)."""
+    from vitq.config import QuantConfig
+    from vitq.errors import ConfigError
+
+    check_sqb_shift(args, methods)
+    overrides = extended_overrides(args)
+    for method in dict.fromkeys(methods):
+        try:
+            QuantConfig(method=method, **overrides)
+        except ConfigError as e:
+            where = (origin or {}).get(method, "--methods")
+            raise ConfigError(f"{where} {method}: {e}") from e
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from vitq.bench.runner import TABLE1_METHODS, run_bench
+    from vitq.bench.runner import ABLATION_METHODS, TABLE1_METHODS, run_bench, with_peer_methods
 
     if args.mp:
         return cmd_bench_mp(args)
+    methods = list(args.methods or TABLE1_METHODS)
+    peers = [m for m in with_peer_methods(tuple(methods)) if m not in methods] if args.peers else []
+    ablation = [] if args.no_ablation else [m for m in ABLATION_METHODS if m not in methods + peers]
+    check_methods(args, [*methods, *peers, *ablation],
+                  origin={**dict.fromkeys(peers, "--peers adds"),
+                          **dict.fromkeys(ablation, "the ablation (--no-ablation skips it) runs")})
     for name in args.model or ["fmnist-vit", "dinov2-s14-fmnist"]:
         run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
                   ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
@@ -57,6 +102,7 @@ def cmd_bench_mp(args: argparse.Namespace) -> int:
     from vitq.bench.mp_bench import run_mp_rows
 
     methods = args.methods or ["liu2021"]
+    check_methods(args, methods)
     for name in args.model or ["fmnist-vit"]:
         for method in methods:
             run_mp_rows(name, mp_methods=tuple(args.mp), bits=tuple(args.bits), method=method,

@@ -6,35 +6,57 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from vitq.cli.common import DEFAULT_TEST, add_model_args, float_model_from_args
+from vitq.cli.argtypes import positive_int
+from vitq.cli.common import (
+    DEFAULT_TEST,
+    add_model_args,
+    add_seed_arg,
+    check_data_sources,
+    float_model_from_args,
+    load_saved_arg,
+)
+from vitq.errors import DataFormatError
+
+EXAMPLES = f"""examples:
+  vitq eval                                        the float default model on {DEFAULT_TEST}
+  vitq eval --quantized runs/fmnist-vit-liu2021-w8a8 --num-test 500
+  vitq eval --onnx model.onnx --ort-threads 4
+  vitq eval --model timm:vit_small_patch16_224 --checkpoint vit_s.safetensors --data val_images/
+"""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    e = sub.add_parser("eval", help="top-1 of a float or quantized model, and its agreement with the float model")
+    e = sub.add_parser("eval", help="top-1 of a float or quantized model, and its agreement with the float model",
+                       description="Evaluate a float model (--model), a saved quantized model (--quantized DIR) "
+                                   "or an ONNX file in ONNX Runtime (--onnx FILE) on labelled images: top-1, and "
+                                   "the agreement of the quantized predictions with the float model's.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = e.add_mutually_exclusive_group()
     src.add_argument("--quantized", help="a directory written by vitq quantize")
     add_model_args(e)
     e.add_argument("--data", default=None, help=f"labelled images: ImageFolder DIR or a built-in set (default {DEFAULT_TEST})")
-    e.add_argument("--num-test", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--num-test", type=positive_int, default=None,
+                   help="evaluate on a random sample of this many images (default all)")
+    e.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    add_seed_arg(e)
     src.add_argument("--onnx", help="an ONNX file written by vitq export: evaluate it in ONNX Runtime (the "
                                     "float reference is the model the file records, else --model)")
-    e.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    e.add_argument("--ort-threads", type=positive_int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     return e
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_data_sources(args, "--data")  # before anything heavy is imported
     from vitq.data.sources import load_images
     from vitq.eval.metrics import agreement, predict, top1
-    from vitq.export.packing import load_saved
     from vitq.models.loading import float_model_from_spec, model_data_config
 
     if args.onnx:
         return cmd_eval_onnx(args)
     if args.quantized:
-        qmodel = load_saved(args.quantized)  # plain or packed
+        qmodel = load_saved_arg(args.quantized)  # plain or packed
         spec = qmodel.vitq_info.model_spec
         model = float_model_from_spec(spec) if spec else None
         dc = qmodel.vitq_info.data_config
@@ -60,22 +82,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _onnx_meta(path: str) -> dict:
+    """The vitq metadata of ``--onnx FILE``; a missing or unparseable file is one error naming it."""
+    from vitq.export.onnx_export import read_onnx_meta
+
+    if not Path(path).is_file():
+        raise DataFormatError(f"--onnx {path}: no such file")
+    try:
+        return read_onnx_meta(path)
+    except ImportError:
+        raise
+    except Exception as e:  # protobuf's DecodeError, onnx's errors, a metadata entry that is not JSON
+        raise DataFormatError(f"--onnx {path} is not a readable ONNX file: {_first_line(e)}") from e
+
+
 def cmd_eval_onnx(args: argparse.Namespace) -> int:
     """``vitq eval --onnx FILE``: top-1 in ONNX Runtime, and the agreement with the float reference (the model
     the file records, else ``--model`` for files vitq did not write)."""
     from vitq.data.sources import load_images
     from vitq.data.transforms import DataConfig
     from vitq.eval.metrics import agreement, predict, top1
-    from vitq.export.onnx_export import read_onnx_meta
     from vitq.export.ort_runtime import OrtModel
     from vitq.models.loading import float_model_from_spec, model_data_config
 
-    meta = read_onnx_meta(args.onnx)
+    meta = _onnx_meta(args.onnx)
     model = float_model_from_spec(meta["model_spec"]) if meta.get("model_spec") else float_model_from_args(args)
     dc = DataConfig.from_dict(meta["data_config"]) if "data_config" in meta else model_data_config(model)
     src = args.data or DEFAULT_TEST
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
-    ort_model = OrtModel(args.onnx, threads=args.ort_threads)
+    try:
+        ort_model = OrtModel(args.onnx, threads=args.ort_threads)
+    except ImportError:
+        raise
+    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph ... have no common base
+        raise DataFormatError(f"--onnx {args.onnx}: ONNX Runtime cannot load it: {_first_line(e)}") from e
     out = ort_model.predict(data.images, batch_size=args.batch_size, progress=True, desc="onnx")
     res: dict = {"onnx": args.onnx, "kind": meta.get("kind", "unknown"), "data": src,
                  "num_test": int(data.images.shape[0]), "ort_threads": args.ort_threads}

@@ -10,24 +10,36 @@ import argparse
 import dataclasses
 import json
 
-from vitq.cli.common import DEFAULT_CALIB, add_model_args, default_calib, float_model_from_args
+from vitq.cli.argtypes import bits, existing_file, positive_float, positive_int
+from vitq.cli.common import (
+    DEFAULT_CALIB,
+    add_model_args,
+    add_seed_arg,
+    check_data_sources,
+    default_calib,
+    float_model_from_args,
+)
 from vitq.errors import ConfigError, VitqError
+
+#: the allocation methods of :func:`vitq.mp.search.search_plan` (``vitq.mp.search.MP_METHODS``, not imported
+#: here so that building the parser does not import torch; a test checks they agree)
+MP_METHODS = ("nuclear", "hessian", "greedy")
 
 
 def add_mp_quantize_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``vitq quantize`` that choose a mixed-precision plan (read by :func:`apply_mp_args`)."""
-    from vitq.mp.search import MP_METHODS
-
     p.add_argument("--mp", choices=MP_METHODS, default=None,
                    help="search a mixed-precision plan first: the size of uniform --bits (or --budget-mb)")
-    p.add_argument("--budget-mb", type=float, default=None, help="model size budget in MB (10^6 bytes) for --mp")
-    p.add_argument("--candidates", type=int, nargs="+", default=None,
+    p.add_argument("--budget-mb", type=positive_float, default=None,
+                   help="model size budget in MB (10^6 bytes) for --mp")
+    p.add_argument("--candidates", type=bits, nargs="+", default=None,
                    help="candidate bit-widths for --mp (default: target-2 .. target+2, at least 3)")
     p.add_argument("--granularity", choices=["module", "op"], default="module",
                    help="one bit-width per MSA/MLP module (the paper) or per op")
     p.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
                    help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
-    p.add_argument("--plan", default=None, help="a mixed-precision plan JSON (from vitq mp-search, editable)")
+    p.add_argument("--plan", type=existing_file, default=None,
+                   help="a mixed-precision plan JSON (from vitq mp-search, editable)")
 
 
 def _search(args: argparse.Namespace, model, images, config):
@@ -50,7 +62,11 @@ def apply_mp_args(args: argparse.Namespace, model, images, config):
     if getattr(args, "mp", None) and getattr(args, "plan", None):
         raise ConfigError("give either --mp (search a plan) or --plan FILE (use one), not both")
     if getattr(args, "plan", None):
-        return dataclasses.replace(config, plan=load_plan(args.plan)), {"plan_file": str(args.plan)}
+        try:
+            plan = load_plan(args.plan)
+        except (VitqError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--plan {args.plan}: {e}") from e
+        return dataclasses.replace(config, plan=plan), {"plan_file": str(args.plan)}
     if not getattr(args, "mp", None):
         if getattr(args, "budget_mb", None) is not None:
             raise ConfigError("--budget-mb needs --mp METHOD")
@@ -61,30 +77,46 @@ def apply_mp_args(args: argparse.Namespace, model, images, config):
     return dataclasses.replace(config, plan=res.plan), info
 
 
+EXAMPLES = """examples:
+  vitq mp-search --bits 6 --out plan.json --plot plan.png
+  vitq mp-search --mp hessian --budget-mb 0.5 --out plan.json
+  vitq quantize --plan plan.json --out runs/mixed
+"""
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("mp-search", help="search a mixed-precision plan (Liu et al. 3.3) and write it as JSON")
+    s = sub.add_parser("mp-search", help="search a mixed-precision plan (Liu et al. 3.3) and write it as JSON",
+                       description="Search a mixed-precision plan (Liu et al. 3.3): one bit-width per MSA/MLP "
+                                   "module (or per op) within a model-size budget, written as JSON for "
+                                   "vitq quantize --plan.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(s)
-    s.add_argument("--mp", dest="mp", choices=["nuclear", "hessian", "greedy"], default="nuclear",
+    s.add_argument("--mp", dest="mp", choices=MP_METHODS, default="nuclear",
                    help="allocation method (default nuclear)")
-    s.add_argument("--bits", type=int, default=None, help="target average bits: budget = uniform size (default 6)")
-    s.add_argument("--budget-mb", type=float, default=None, help="budget in MB instead of --bits")
-    s.add_argument("--base-bits", type=int, default=None, help="bits of ops outside the units (default --bits, else 8)")
-    s.add_argument("--candidates", type=int, nargs="+", default=None)
-    s.add_argument("--granularity", choices=["module", "op"], default="module")
-    s.add_argument("--msa-feature", choices=["attention", "output"], default="attention")
+    s.add_argument("--bits", type=bits, default=None, help="target average bits: budget = uniform size (default 6)")
+    s.add_argument("--budget-mb", type=positive_float, default=None, help="budget in MB instead of --bits")
+    s.add_argument("--base-bits", type=bits, default=None,
+                   help="bits of ops outside the units (default --bits, else 8)")
+    s.add_argument("--candidates", type=bits, nargs="+", default=None,
+                   help="candidate bit-widths (default: target-2 .. target+2, at least 3)")
+    s.add_argument("--granularity", choices=["module", "op"], default="module",
+                   help="one bit-width per MSA/MLP module (the paper) or per op (default module)")
+    s.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
+                   help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
     s.add_argument("--init", choices=["percentile", "minmax"], default="percentile",
                    help="cheap intervals of the sensitivity probe")
     s.add_argument("--per-channel", action="store_true", help="per-channel weights (as the plan will be calibrated)")
-    s.add_argument("--quantize-head", action="store_true")
+    s.add_argument("--quantize-head", action="store_true", help="the classifier head is quantized too")
     s.add_argument("--calib", default=None, help=f"calibration images (default with the default model: {DEFAULT_CALIB})")
-    s.add_argument("--num-calib", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default 32)")
+    add_seed_arg(s)
     s.add_argument("--out", required=True, help="plan JSON to write (use it with vitq quantize --plan)")
     s.add_argument("--plot", default=None, help="also write a PNG of bits and sensitivity per unit")
     return s
 
 
 def cmd_mp_search(args: argparse.Namespace) -> int:
+    check_data_sources(args, "--calib")  # before anything heavy is imported
     import torch
 
     from vitq.data.sources import load_images
@@ -97,8 +129,8 @@ def cmd_mp_search(args: argparse.Namespace) -> int:
     model = float_model_from_args(args)
     calib = load_images(calib_src, model_data_config(model), num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
-    bits = args.bits if args.bits is not None or args.budget_mb is not None else 6
-    res = search_plan(model, calib.images, method=args.mp, bits=bits, budget_mb=args.budget_mb,
+    target = args.bits if args.bits is not None or args.budget_mb is not None else 6
+    res = search_plan(model, calib.images, method=args.mp, bits=target, budget_mb=args.budget_mb,
                       base_bits=args.base_bits, candidates=args.candidates, granularity=args.granularity,
                       msa_feature=args.msa_feature, init=args.init, per_channel_weights=args.per_channel,
                       quantize_head=args.quantize_head, seed=args.seed, progress=True)

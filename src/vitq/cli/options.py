@@ -7,6 +7,10 @@ Each flag defaults to ``None`` so that only flags given explicitly override a ``
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+
+from vitq.cli.argtypes import unit_float
+from vitq.errors import ConfigError
 
 
 def add_extended_args(p: argparse.ArgumentParser) -> None:
@@ -15,7 +19,7 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
                    help="SQ-b: fold a per-channel shift + SmoothQuant scale of LayerNorm outputs into the model")
     g.add_argument("--no-sqb-shift", dest="sqb_shift", action="store_false", default=None,
                    help="with --sqb (or --method mptq): no shift, i.e. plain SmoothQuant")
-    g.add_argument("--smoothquant-alpha", type=float, default=None, help="fixed alpha in [0, 1] (default: searched)")
+    g.add_argument("--smoothquant-alpha", type=unit_float, default=None, help="fixed alpha in [0, 1] (default: searched)")
     g.add_argument("--sqb-proj", action="store_true", default=None,
                    help="also smooth the attention output projection through the V rows of qkv")
     g.add_argument("--optm", action="store_true", default=None, help="OPT-m two-region quantizer on post-GELU inputs")
@@ -29,6 +33,22 @@ def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
                                                   "optm_softmax", "fully_quantized")}
+
+
+def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:
+    """``--no-sqb-shift`` only means something with SQ-b: ``--sqb``, or a method whose recipe folds SQ-b in
+    (``mptq``, ``mptq-sqb``). Given alone it would be ignored; it is an error naming the flag (the config
+    rejects ``sqb_shift=False`` alone too, :meth:`vitq.recipes.Recipe.resolve`)."""
+    if getattr(args, "sqb_shift", None) is not False or (args.sqb if sqb is None else sqb):
+        return
+    from vitq.recipes import RECIPES, get_recipe
+
+    without = [m for m in methods if "sqb" not in get_recipe(m).transforms]
+    if without:
+        with_sqb = [n for n, r in RECIPES.items() if "sqb" in r.transforms]
+        which = f"method {without[0]} does" if len(without) == 1 else f"methods {', '.join(without)} do"
+        raise ConfigError(f"--no-sqb-shift applies to SQ-b, which {which} not use: add --sqb, or use a method "
+                          f"with SQ-b ({', '.join(with_sqb)})")
 
 
 def extended_overrides(args: argparse.Namespace) -> dict:

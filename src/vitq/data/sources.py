@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
+from vitq.data.checks import BUILTIN_PREFIXES, check_source
 from vitq.data.imageset import ImageSet, subsample
 from vitq.data.transforms import DataConfig, normalize_uint8
-from vitq.errors import CalibrationDataError
 
-__all__ = ["ImageSet", "load_images"]
+__all__ = ["BUILTIN_PREFIXES", "ImageSet", "check_source", "load_images"]
 
 
 def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0) -> ImageSet:
@@ -24,10 +24,8 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
     if source.startswith(("fmnist:", "fmnist-subset:")):
         from vitq.data import fashion_mnist as fm
 
+        check_source(source)
         kind, split = source.split(":", 1)
-        valid = ("calib", "test") if kind == "fmnist-subset" else ("train", "test")
-        if split not in valid:
-            raise CalibrationDataError(f"{source!r}: split must be one of {valid}")
         imgs, labels = fm.load_fmnist_subset(split) if kind == "fmnist-subset" else fm.load_fashion_mnist(split)
         idx = subsample(len(imgs), num, seed, source)
         if idx is not None:

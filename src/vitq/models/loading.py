@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
-from vitq.errors import CheckpointError, ConfigError
+from vitq.errors import CheckpointError, ConfigError, ModelArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def create_model(spec: str, checkpoint: str | Path | None = None, **kwargs) -> n
             model = timm.create_model(name, pretrained=False, **kwargs)
         except RuntimeError as e:
             raise ConfigError(f"timm has no model {name!r}: {e}") from e
+        except (TypeError, ValueError, AssertionError, ArithmeticError) as e:
+            if not kwargs or isinstance(e, ConfigError):
+                raise
+            raise rejected_arguments(spec, kwargs, e) from e
     elif source == "hf":
         model = _create_hf(name, checkpoint is None, **kwargs)
     else:
@@ -57,6 +61,25 @@ def create_model(spec: str, checkpoint: str | Path | None = None, **kwargs) -> n
     model.eval()
     model.vitq_model_spec = {"spec": spec, "kwargs": kwargs}
     return model
+
+
+def rejected_arguments(spec: str, kwargs: dict, error: BaseException) -> ModelArgumentError:
+    """The :class:`ModelArgumentError` for a constructor that raised ``error`` on ``kwargs``, naming the
+    argument at fault where it can be told: the one the message names (``unexpected keyword argument 'k'``,
+    or a key quoted in it), else the only value that is a string although it looks meant as a number."""
+    import re
+
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    m = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if m and m.group(1) in kwargs:
+        key = m.group(1)
+        return ModelArgumentError(f"{spec} has no architecture argument {key!r} ({type(error).__name__}: {text})",
+                                  key)
+    named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", text)]
+    strings = [k for k, v in kwargs.items() if isinstance(v, str)]
+    key = named[0] if len(named) == 1 else strings[0] if len(strings) == 1 else None
+    what = f"argument {key}={kwargs[key]!r}" if key else f"arguments {kwargs}"
+    return ModelArgumentError(f"{spec} rejected the architecture {what}: {type(error).__name__}: {text}", key)
 
 
 def float_model_from_spec(spec: dict, *, weights: bool = True) -> nn.Module:

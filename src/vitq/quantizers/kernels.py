@@ -20,6 +20,27 @@ import torch
 
 log = logging.getLogger(__name__)
 
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning, and nothing else.
+
+    ``torch.compile`` (inductor) imports ``torch.utils.cpp_extension``, which logs it at import on any
+    machine without a GPU that has an ``nvcc`` on its PATH or a ``/usr/local/cuda``. The kernels here are
+    compiled for the CPU: CUDA is not involved, and the warning only alarms the reader of a CPU run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _silence_cuda_home_notice() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNotice) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNotice())
+
+
+_silence_cuda_home_notice()
+
 _state: dict[str, object] = {"compiled": None}
 
 

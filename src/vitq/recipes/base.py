@@ -165,6 +165,9 @@ class Recipe:
             transforms = ("sqb" if config.sqb_shift else "smoothquant",)
         elif "sqb" in transforms and not config.sqb_shift:
             transforms = ("smoothquant",)
+        elif not config.sqb_shift:  # would be silently ignored: no SQ-b to take the shift out of
+            raise ConfigError(f"sqb_shift=False applies to SQ-b, which method={self.name!r} does not use: set "
+                              "sqb=True or use method 'mptq' / 'mptq-sqb'")
         if config.optm:
             q = replace(q, post_gelu="optm")
         if config.optm_softmax:

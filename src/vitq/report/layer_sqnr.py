@@ -9,7 +9,9 @@ quantizer left disabled: the same module names, computing exactly the float mode
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -21,12 +23,27 @@ from vitq.lifecycle import quantize
 from vitq.nn.qops import quant_ops
 
 
+@contextmanager
+def _quiet(name: str):
+    """Messages of logger ``name`` below WARNING are dropped inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _float_reference(float_model: nn.Module, qmodel: nn.Module) -> nn.Module:
     if getattr(float_model, "vitq_info", None) is not None:
         raise VitqError("layer_sqnr: float_model is a quantized model; pass the float model it was made from")
     cfg = get_quant_info(qmodel).config
-    # a plain config (no recipe quantizers or folding): only the module swap, every quantizer disabled
-    ref = quantize(float_model, QuantConfig(w_bits=cfg.w_bits, a_bits=cfg.a_bits, quantize_head=cfg.quantize_head))
+    # a plain config (no recipe quantizers or folding): only the module swap, every quantizer disabled. An
+    # internal copy: its "quantize: ... adapter swapped" line would read as the run quantizing twice
+    with _quiet("vitq.lifecycle"):
+        ref = quantize(float_model, QuantConfig(w_bits=cfg.w_bits, a_bits=cfg.a_bits,
+                                                quantize_head=cfg.quantize_head))
     for op in quant_ops(ref).values():
         op.set_enabled(False)
     return ref

@@ -217,7 +217,7 @@ def _summary_rows(meta: dict, summary: dict, calibration: dict, sizes: dict) -> 
     spec = (meta.get("model_spec") or {}).get("spec")
     bits = f"W{cfg.get('w_bits')}A{cfg.get('a_bits')}" + (" + mixed-precision plan" if mixed else "")
     top1, top1_f = summary.get("top1"), summary.get("top1_float")
-    drop = None if top1 is None or top1_f is None else top1_f - top1
+    change = None if top1 is None or top1_f is None else top1 - top1_f  # quantized - float: < 0 is worse
     rows = [
         ("model", str(summary.get("model") or spec or meta.get("adapter", "-"))),
         ("method", str(cfg.get("method", summary.get("method", "-")))),
@@ -227,7 +227,7 @@ def _summary_rows(meta: dict, summary: dict, calibration: dict, sizes: dict) -> 
         ("test images", _fmt(summary.get("num_test"))),
         ("top-1 float (%)", _fmt(top1_f, pct=True)),
         ("top-1 quantized (%)", _fmt(top1, pct=True)),
-        ("top-1 drop (points)", "-" if drop is None else f"{100 * drop:+.2f}"),
+        ("top-1 change vs float (points, negative = worse)", "-" if change is None else f"{100 * change:+.2f}"),
         ("agreement with float (%)", _fmt(summary.get("agreement"), pct=True)),
         ("logits SQNR (dB)", _fmt(summary.get("logits_sqnr_db"), ".2f")),
         ("size float (MB)", _fmt(sizes.get("float_mb"), ".4f")),
