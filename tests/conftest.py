@@ -6,6 +6,8 @@ import os
 
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 
 # The search's fused kernels (torch.compile) cost seconds to compile per variant; unit tests use the
 # eager ops, and tests/quantizers/test_kernels.py checks that the fused ones compute the same.
@@ -54,3 +56,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A float checkpoint of the tiny ViT, 6 calibration images and 6 labelled test images."""
+    g = torch.Generator().manual_seed(0)
+    save_file({k: v.contiguous() for k, v in make_tiny_vit(num_classes=3).state_dict().items()},
+              tmp_path / "w.safetensors")
+    for i in range(6):
+        arr = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+        (tmp_path / "calib").mkdir(exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / "calib" / f"{i}.png")
+        (tmp_path / "test" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / "test" / f"c{i % 3}" / f"{i}.png")
+    return tmp_path

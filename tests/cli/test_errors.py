@@ -8,72 +8,17 @@ and tiny image folders keep each to seconds (flag errors caught by argparse cost
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_VIT_CLI_ARGS, make_tiny_vit
-from PIL import Image
-from safetensors.torch import save_file
+from conftest import TINY_VIT_CLI_ARGS
+from helpers_cli import ENV, SRC, only_line, run_main_raising, usage_error, vitq  # noqa: F401
 
 from vitq.cli import main
-from vitq.cli.app import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_UNEXPECTED, error_message
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "VITQ_COMPILE": "0"}
-
-
-def vitq(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitq", *args], capture_output=True, text=True, env=ENV, cwd=cwd,
-                          timeout=timeout)
-
-
-def run_main_raising(exc: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``vitq eval`` in a subprocess whose command raises ``exc`` (a Python expression): the whole path from
-    the command to the process exit, for failures that no real input provokes on demand."""
-    code = ("import sys, vitq.cli.eval as e\n"
-            "def boom(args):\n"
-            f"    raise {exc}\n"
-            "e.cmd_eval = boom\n"
-            "from vitq.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=cwd,
-                          timeout=120)
-
-
-def only_line(res: subprocess.CompletedProcess) -> str:
-    """The single line on stderr (the test fails if there is more, e.g. a traceback or log lines)."""
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    return lines[0]
-
-
-def usage_error(res: subprocess.CompletedProcess) -> str:
-    """The error line of an argparse usage error (after the usage lines), checking there is no traceback."""
-    assert res.returncode == EXIT_BAD_INPUT, res.stderr
-    assert "Traceback" not in res.stderr and res.stderr.startswith("usage: vitq"), res.stderr
-    return res.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def folders(tmp_path):
-    """A float checkpoint of the tiny ViT, 6 calibration images and 6 labelled test images."""
-    g = torch.Generator().manual_seed(0)
-    save_file({k: v.contiguous() for k, v in make_tiny_vit(num_classes=3).state_dict().items()},
-              tmp_path / "w.safetensors")
-    for i in range(6):
-        arr = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
-        (tmp_path / "calib").mkdir(exist_ok=True)
-        Image.fromarray(arr).save(tmp_path / "calib" / f"{i}.png")
-        (tmp_path / "test" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(tmp_path / "test" / f"c{i % 3}" / f"{i}.png")
-    return tmp_path
-
+from vitq.cli.app import EXIT_INTERRUPTED, EXIT_UNEXPECTED, error_message
 
 # -- 1. one top-level handler -------------------------------------------------------------------------------
 
@@ -197,7 +142,8 @@ def test_corrupt_saved_model_names_the_directory(folders):
     res = vitq("eval", "--quantized", str(run), "--data", str(folders / "test"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     line = res.stderr.strip().splitlines()[-1]  # after the log of rebuilding the architecture
-    assert line.startswith(f"vitq: error: --quantized {run}: a safetensors file in it is corrupt: ")
+    # the recorded size and sha256 catch it before safetensors reads the file
+    assert line.startswith(f"vitq: error: {run / 'model.safetensors'}: 64 bytes, but vitq.json records ")
 
 
 # -- 2. flag values checked before any work ----------------------------------------------------------------

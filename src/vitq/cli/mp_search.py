@@ -72,9 +72,8 @@ def apply_mp_args(args: argparse.Namespace, model, images, config):
             raise ConfigError("--budget-mb needs --mp METHOD")
         return config, {}
     res = _search(args, model, images, config)
-    info = {"mixed_precision": True, "mp_method": args.mp, "budget_mb": round(res.budget_mb, 6),
-            "size_mb": res.size_mb, "search_seconds": round(res.seconds, 2), "unit_bits": res.unit_bits}
-    return dataclasses.replace(config, plan=res.plan), info
+    # the bits actually used (bits_min / bits_max / average_bits), not the uniform --bits the budget came from
+    return dataclasses.replace(config, plan=res.plan), res.summary()
 
 
 EXAMPLES = """examples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from vitq.cli.argtypes import positive_int
@@ -50,7 +51,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     q.add_argument("--eval-data", default=None, help=f"labelled test images to evaluate after quantizing "
                                                       f"(default with the default model: {DEFAULT_TEST})")
     q.add_argument("--num-test", type=positive_int, default=None, help="evaluate on this many test images (default all)")
-    q.add_argument("--out", default=None, help="output directory (default runs/<model>-<method>-w<b>a<b>)")
+    q.add_argument("--out", default=None, help="output directory (default runs/<model>-<method>-w<b>a<b>); an "
+                                               "existing non-empty directory that is not a vitq output is refused, "
+                                               "an earlier vitq output is replaced only with --overwrite")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier vitq output at --out (atomically: the old one stays until the new one "
+                        "is complete)")
     add_mp_quantize_args(q)  # --mp, --budget-mb, --plan, --candidates, --granularity, --msa-feature
     add_report_flag(q)  # --no-report
     q.add_argument("--packed", action="store_true",
@@ -66,13 +72,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from vitq.data.sources import load_images
     from vitq.eval.metrics import agreement, predict, sqnr_db, top1
     from vitq.export.packing import save_packed
-    from vitq.export.serialization import save_quantized
+    from vitq.export.serialization import check_output_path, save_quantized
     from vitq.models.loading import model_data_config
 
     config = config_from_args(args)
     calib_src = default_calib(args)
     if calib_src is None:
         raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
+    tag = args.model.split(":", 1)[1].replace("/", "_")
+    out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
+    check_output_path(out, args.overwrite)  # before any work: never destroy input, never lose a calibration
     eval_src = args.eval_data or (DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
     model = float_model_from_args(args)
     dc = model_data_config(model)
@@ -82,21 +91,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qmodel = vitq.quantize(model, config)
     report = vitq.calibrate(qmodel, calib.images)
     vitq.freeze(qmodel)
-    tag = args.model.split(":", 1)[1].replace("/", "_")
-    out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
-    summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+    # with a mixed-precision plan the uniform --bits only set the budget: report the bits used (bits_min/max)
+    bits = ({"base_bits": config.w_bits} if mp_info.get("mixed_precision")
+            else {"w_bits": config.w_bits, "a_bits": config.a_bits})
+    summary = {"model": args.model, "method": config.method, **bits,
                "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
                **mp_info}
     if eval_src:
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
         ref = predict(model, test.images, progress=True, desc="float")
         out_q = predict(qmodel, test.images, progress=True, desc="quantized")
+        sqnr = sqnr_db(ref, out_q)  # inf when the outputs are identical: JSON has no inf, write null
         summary.update(num_test=int(test.images.shape[0]), agreement=agreement(out_q, ref),
-                       logits_sqnr_db=sqnr_db(ref, out_q))
+                       logits_sqnr_db=sqnr if math.isfinite(sqnr) else None)
         if test.labels is not None:
             summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
     save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
-    save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
+    save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()}, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))  # the save itself is logged (vitq.export), once
     if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
         report_after_quantize(qmodel, model, calib.images, out, summary, report.to_dict())
