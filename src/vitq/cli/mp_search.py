@@ -26,18 +26,23 @@ from vitq.errors import ConfigError, VitqError
 MP_METHODS = ("nuclear", "hessian", "greedy")
 
 
+def add_allocation_args(p: argparse.ArgumentParser) -> None:
+    """How the allocation searches: candidates, granularity, the nuclear-norm feature (quantize and mp-search)."""
+    p.add_argument("--candidates", type=bits, nargs="+", default=None,
+                   help="candidate bit-widths (default: target-2 .. target+2, at least 3)")
+    p.add_argument("--granularity", choices=["module", "op"], default="module",
+                   help="one bit-width per MSA/MLP module (the paper) or per op (default module)")
+    p.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
+                   help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
+
+
 def add_mp_quantize_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``vitq quantize`` that choose a mixed-precision plan (read by :func:`apply_mp_args`)."""
     p.add_argument("--mp", choices=MP_METHODS, default=None,
                    help="search a mixed-precision plan first: the size of uniform --bits (or --budget-mb)")
     p.add_argument("--budget-mb", type=positive_float, default=None,
                    help="model size budget in MB (10^6 bytes) for --mp")
-    p.add_argument("--candidates", type=bits, nargs="+", default=None,
-                   help="candidate bit-widths for --mp (default: target-2 .. target+2, at least 3)")
-    p.add_argument("--granularity", choices=["module", "op"], default="module",
-                   help="one bit-width per MSA/MLP module (the paper) or per op")
-    p.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
-                   help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
+    add_allocation_args(p)
     p.add_argument("--plan", type=existing_file, default=None,
                    help="a mixed-precision plan JSON (from vitq mp-search, editable)")
 
@@ -96,12 +101,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--budget-mb", type=positive_float, default=None, help="budget in MB instead of --bits")
     s.add_argument("--base-bits", type=bits, default=None,
                    help="bits of ops outside the units (default --bits, else 8)")
-    s.add_argument("--candidates", type=bits, nargs="+", default=None,
-                   help="candidate bit-widths (default: target-2 .. target+2, at least 3)")
-    s.add_argument("--granularity", choices=["module", "op"], default="module",
-                   help="one bit-width per MSA/MLP module (the paper) or per op (default module)")
-    s.add_argument("--msa-feature", choices=["attention", "output"], default="attention",
-                   help="--mp nuclear: the MSA feature of Eq. 17, attention map (paper) or MSA output")
+    add_allocation_args(s)
     s.add_argument("--init", choices=["percentile", "minmax"], default="percentile",
                    help="cheap intervals of the sensitivity probe")
     s.add_argument("--per-channel", action="store_true", help="per-channel weights (as the plan will be calibrated)")
