@@ -44,7 +44,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
     p.add_argument("--config", help="a QuantConfig JSON file; flags given explicitly override it")
     p.add_argument("--seed", type=int, default=0)
-    add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized
+    add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized, --weight-rounding
 
 
 def model_kwargs(items: list[str]) -> dict:
