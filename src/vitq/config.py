@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vitq.errors import ConfigError
 from vitq.quantizers.uniform import check_bits
-from vitq.recipes import Recipe, get_recipe
+from vitq.recipes import WEIGHT_ROUNDINGS, Recipe, check_weight_rounding, get_recipe
 
 CONFIG_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -43,6 +43,8 @@ class OpOptions:
         input_quantizer: quantizer kind of the first operand (see :data:`INPUT_QUANTIZERS`); overrides
             the recipe's choice for this op.
         method: the registered recipe whose interval search calibrates this op.
+        weight_rounding: ``"nearest"`` or ``"gptq"`` (:mod:`vitq.calibration.gptq`) for this op's weight;
+            overrides the config's and the recipe's choice.
         enabled: ``False`` leaves the op in float (not quantized, not calibrated).
     """
 
@@ -51,6 +53,7 @@ class OpOptions:
     per_channel_weights: bool | None = None
     input_quantizer: str | None = None
     method: str | None = None
+    weight_rounding: str | None = None
     enabled: bool | None = None
 
     @classmethod
@@ -69,6 +72,8 @@ class OpOptions:
                               f"{', '.join(_ALL_INPUT_QUANTIZERS)}")
         if d.get("method") is not None:
             get_recipe(d["method"])
+        if d.get("weight_rounding") is not None:
+            check_weight_rounding(d["weight_rounding"], f"{where}.weight_rounding")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -84,9 +89,13 @@ class QuantConfig:
         a_bits: bit-width of every matmul input: Linear inputs and both operands of Q·K^T and attn·V.
         method: the calibration recipe, a name in :data:`vitq.recipes.RECIPES` (``liu2021``, ``minmax``,
             ``percentile``, ``easyquant``, ``mse``, the ablations ``liu2021-sim``, ``liu2021-sim+rank``,
-            ``liu2021-sim+bc``; ``mptq``, ``mptq-sqb``, ``mptq-optm``, ``ptq4vit``, ``repq-vit``).
+            ``liu2021-sim+bc``; ``gptq``, ``liu2021-pc``, ``liu2021-gptq``; ``mptq``, ``mptq-sqb``, ``mptq-optm``,
+            ``ptq4vit``, ``repq-vit``).
         per_channel_weights: one weight interval per output channel (True) or per tensor (False); ``None``
             takes the recipe's default (per tensor for every recipe of the papers).
+        weight_rounding: ``"nearest"`` or ``"gptq"`` (GPTQ's error-feedback rounding on each op's searched
+            grid, :mod:`vitq.calibration.gptq`); ``None`` takes the recipe's (``gptq`` for ``gptq`` and
+            ``liu2021-gptq``, else ``nearest``).
         quantize_head: also quantize the classification head (the paper lists W^E and the block weights
             only, so the default keeps the head in float).
         num_candidates: C, the number of interval candidates in [alpha*Delta, beta*Delta] (Liu et al. 3.2).
@@ -140,6 +149,7 @@ class QuantConfig:
     optm: bool = False
     optm_softmax: bool = False
     fully_quantized: bool = False
+    weight_rounding: str | None = None
     plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -167,6 +177,9 @@ class QuantConfig:
             raise ConfigError(f"batch_size={self.batch_size!r} must be a positive integer")
         if self.per_channel_weights is not None and not isinstance(self.per_channel_weights, bool):
             raise ConfigError(f"per_channel_weights={self.per_channel_weights!r} must be true, false or null")
+        if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ConfigError(f"weight_rounding={self.weight_rounding!r}: choose one of "
+                              f"{', '.join(WEIGHT_ROUNDINGS)} or null (the recipe's)")
         for name in ("quantize_head", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
@@ -211,6 +224,13 @@ class QuantConfig:
         if opts.per_channel_weights is not None:
             return opts.per_channel_weights
         return (recipe or self.recipe()).per_channel_weights
+
+    def weight_rounding_for(self, op_name: str, recipe: Recipe | None = None) -> str:
+        """How this op's weight is rounded: its plan entry's ``weight_rounding``, else the effective recipe's."""
+        opts = self.plan_entry(op_name)[1]
+        if opts.weight_rounding is not None:
+            return opts.weight_rounding
+        return (recipe or self.recipe()).weight_rounding
 
     # -- JSON ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -51,7 +51,7 @@ def test_bench_peers_adds_onnx_runtime_rows_and_the_peer_recipes(tmp_path, tiny_
     rows = json.loads((tmp_path / "tiny.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"float", "minmax", *runner.PEER_METHODS, "ort-minmax", "ort-percentile",
                                            "ort-entropy"}  # one command, the whole comparison
-    assert runner.with_peer_methods(("minmax", "ptq4vit")) == ("minmax", "ptq4vit", "mptq", "repq-vit")
+    assert runner.with_peer_methods(("minmax", "ptq4vit")) == ("minmax", "ptq4vit", "gptq", "mptq", "repq-vit")
     assert "Made by one command" in (tmp_path / "tiny.md").read_text()
     ort = {r["method"]: r for r in rows if r["method"].startswith("ort-")}
     assert set(ort) == {"ort-minmax", "ort-percentile", "ort-entropy"}

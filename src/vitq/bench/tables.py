@@ -7,7 +7,8 @@ from vitq.recipes import RECIPES, recipe_names
 METHOD_LABELS = {
     "minmax": "MinMax", "percentile": "Percentile", "easyquant": "EasyQuant", "mse": "MSE",
     "liu2021": "Liu et al. (ours)", "liu2021-sim": "Similarity", "liu2021-sim+rank": "Similarity + Ranking",
-    "liu2021-sim+bc": "Similarity + Bias corr.",
+    "liu2021-sim+bc": "Similarity + Bias corr.", "gptq": "GPTQ", "liu2021-pc": "Liu et al., per-channel W",
+    "liu2021-gptq": "Liu et al., per-channel W + GPTQ",
 }
 # Every list below is read from the recipe registry (vitq.recipes): a new recipe lands in the tables
 # by its flags (table / ablation / peer), never by editing this file.
@@ -18,7 +19,8 @@ ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes"
                         key=lambda row: row.count("yes")))
 
 
-VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized")
+# weight_rounding: set only where --weight-rounding changed the recipe's own (Recipe.row_fields)
+VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding")
 ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
 COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
 # The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
@@ -42,7 +44,7 @@ def _pct(x: float | None) -> str:
 
 def is_plain(row: dict) -> bool:
     """A row of a recipe as named: not a variant (extra quantizer flags) nor a reference-search rerun."""
-    if row.get("search", "fast") != "fast" or row.get("fully_quantized"):
+    if row.get("search", "fast") != "fast" or row.get("fully_quantized") or row.get("weight_rounding"):
         return False
     if row["method"].startswith(("mptq", "ptq4vit", "repq")):  # their own quantizers are the recipe
         return not (row["method"].startswith("mptq") and row.get("post_softmax"))
@@ -55,6 +57,8 @@ def _variant_label(row: dict) -> str:
         label += f" + {row['post_softmax']} softmax quantizer"
     if row.get("fully_quantized"):
         label += ", fully quantized"
+    if row.get("weight_rounding"):
+        label += f", {row['weight_rounding']} weight rounding"
     return label
 
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from vitq.calibration.capture import capture_unit_inputs, check_finite, collect_op_io, run_unit
+from vitq.calibration.gptq import apply_gptq
 from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
@@ -217,6 +218,8 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
                                 generator=gen, search=config.search)
             else:
                 res = OpCalibrationResult(name=name, role=op.role)
+            if op.has_weight and config.weight_rounding_for(name, recipe) == "gptq":  # on the grid just searched
+                apply_gptq(op, name, op_data, bias_correction=spec.bias_correction)
             qa, qb = op.quantizers()
             res.scales = (qa.scale.flatten().tolist(), qb.scale.flatten().tolist())
             report.ops.append(res)

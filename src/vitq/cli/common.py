@@ -46,7 +46,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
     p.add_argument("--config", type=existing_file, help="a QuantConfig JSON file; flags given explicitly override it")
     add_seed_arg(p)
-    add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized
+    add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized, --weight-rounding
 
 
 def add_seed_arg(p: argparse.ArgumentParser) -> None:

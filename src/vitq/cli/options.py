@@ -1,4 +1,4 @@
-"""The MPTQ-ViT flags: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
+"""The MPTQ-ViT flags and ``--weight-rounding``: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
 ``vitq quantize`` and ``vitq export`` (QuantConfig fields) and ``vitq bench`` (overrides of every run).
 
 Each flag defaults to ``None`` so that only flags given explicitly override a ``--config`` file.
@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from vitq.cli.argtypes import unit_float
 from vitq.errors import ConfigError
+from vitq.recipes import WEIGHT_ROUNDINGS
 
 
 def add_extended_args(p: argparse.ArgumentParser) -> None:
@@ -27,12 +28,16 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
                    help="OPT-m's two-region quantizer on post-softmax attention maps too")
     g.add_argument("--fully-quantized", action="store_true", default=None,
                    help="also quantize LayerNorm inputs (power-of-two factors) and softmax outputs (log2)")
+    g = p.add_argument_group("weight rounding (composes with any --method)")
+    g.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default=None,
+                   help="round weights onto the searched grid to nearest or by GPTQ (Frantar et al. 2023) "
+                        "(default: the method's; gptq for gptq and liu2021-gptq)")
 
 
 def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
-                                                  "optm_softmax", "fully_quantized")}
+                                                  "optm_softmax", "fully_quantized", "weight_rounding")}
 
 
 def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:

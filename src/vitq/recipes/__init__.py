@@ -6,17 +6,21 @@ One module per method family fills the registry (:func:`register_recipe`):
 - :mod:`~vitq.recipes.liu2021`: ``liu2021`` and its ablation ``liu2021-sim``, ``-sim+rank``, ``-sim+bc``.
 - :mod:`~vitq.recipes.mptq`: ``mptq``, ``mptq-sqb``, ``mptq-optm`` (MPTQ-ViT's SQ-b and OPT-m).
 - :mod:`~vitq.recipes.ptq4vit`: ``ptq4vit``; :mod:`~vitq.recipes.repq_vit`: ``repq-vit``.
+- :mod:`~vitq.recipes.gptq`: ``gptq`` (Frantar et al. 2023 as a peer), ``liu2021-gptq``, and ``liu2021-pc``
+  (per-channel weights, the ablation step before GPTQ rounding).
 
 Adding a method is one new module here with its ``@register_recipe`` factory, plus its import below.
 ``python -c "import vitq.recipes as r; print(sorted(r.RECIPES))"`` lists every method the CLI accepts.
 """
 
-from vitq.recipes import baselines, liu2021, mptq, ptq4vit, repq_vit  # noqa: F401  (registration)
+from vitq.recipes import baselines, gptq, liu2021, mptq, ptq4vit, repq_vit  # noqa: F401  (registration)
 from vitq.recipes.base import (
     RECIPES,
+    WEIGHT_ROUNDINGS,
     Quantizers,
     Recipe,
     SearchSpec,
+    check_weight_rounding,
     get_recipe,
     recipe_names,
     register_recipe,
@@ -33,10 +37,12 @@ def recipes_table() -> str:
         if s.init != "max":
             search = f"{s.init} init, {search}"
         parts = [f"{k}: {v}" for k, v in vars(r.quantizers).items() if v not in ("uniform", False)]
+        parts += ["per-channel weights"] * r.per_channel_weights
+        parts += [f"weight rounding: {r.weight_rounding}"] * (r.weight_rounding != "nearest")
         parts += [f"transform: {t}" for t in r.transforms]
         lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
     return "\n".join(lines)
 
 
-__all__ = ["RECIPES", "Quantizers", "Recipe", "SearchSpec", "get_recipe", "recipe_names", "recipes_table",
-           "register_recipe"]
+__all__ = ["RECIPES", "WEIGHT_ROUNDINGS", "Quantizers", "Recipe", "SearchSpec", "check_weight_rounding", "get_recipe",
+           "recipe_names", "recipes_table", "register_recipe"]

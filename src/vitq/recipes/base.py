@@ -6,7 +6,8 @@ A recipe names, for one calibration method, everything that is not a number the 
   LayerNorm, after a GELU, the post-softmax attention map, the LayerNorm inputs of the fully
   quantized option (weights, Q and K, and the other Linear inputs are always the uniform quantizer of
   Liu et al. Eq. 8);
-- the weight granularity (per tensor or per output channel);
+- the weight granularity (per tensor or per output channel) and rounding (to nearest, or GPTQ's
+  error-feedback rounding on the searched grid, :mod:`vitq.calibration.gptq`);
 - the function-preserving model transforms it folds in before its ops are calibrated (``sqb``,
   ``smoothquant``, ``repq``; run per calibration unit on that unit's own inputs);
 - the interval search (:class:`SearchSpec`: initialisation, objective, ranking loss, bias correction,
@@ -39,6 +40,14 @@ TRANSFORMS = ("sqb", "smoothquant", "repq")
 POST_LAYERNORM = ("uniform", "affine")
 POST_GELU = ("uniform", "optm", "ptq4vit")
 POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+
+
+def check_weight_rounding(value: str, what: str = "weight_rounding") -> str:
+    """Validate a weight-rounding name (one of :data:`WEIGHT_ROUNDINGS`) and return it."""
+    if value not in WEIGHT_ROUNDINGS:
+        raise ConfigError(f"{what}={value!r}: choose one of {', '.join(WEIGHT_ROUNDINGS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,9 @@ class Recipe:
         quantizers: the quantizer kind per activation role.
         transforms: model transforms folded in before each unit's ops are calibrated.
         per_channel_weights: one weight interval per output channel by default (else per tensor).
+        weight_rounding: how weights are rounded onto the searched grid: ``"nearest"`` (Eq. 8) or
+            ``"gptq"`` (Frantar et al. 2023: column by column with error feedback through the inverse
+            Hessian of the op's inputs, :mod:`vitq.calibration.gptq`), right after each op's search.
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
         peer: a re-implementation of another group's method (``vitq bench --peers`` adds it).
@@ -131,6 +143,7 @@ class Recipe:
     quantizers: Quantizers = Quantizers()
     transforms: tuple[str, ...] = ()
     per_channel_weights: bool = False
+    weight_rounding: str = "nearest"
     family: str = ""
     table: bool = False
     ablation: bool = False
@@ -142,6 +155,7 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: unknown transforms {bad}; choose from {', '.join(TRANSFORMS)}")
         if len(self.transforms) > 1:
             raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
+        check_weight_rounding(self.weight_rounding, f"recipe {self.name!r}: weight_rounding")
 
     @property
     def smoothing(self) -> str | None:
@@ -184,13 +198,18 @@ class Recipe:
         if config.beta is not None:
             search = replace(search, beta=float(config.beta))
         per_channel = self.per_channel_weights if config.per_channel_weights is None else config.per_channel_weights
-        return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel)
+        rounding = self.weight_rounding if config.weight_rounding is None else config.weight_rounding
+        return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
+                       weight_rounding=rounding)
 
     def row_fields(self, config: QuantConfig) -> dict:
-        """Results-row fields naming the quantizer and transform choices (empty for plain recipes)."""
-        if self.is_plain:
-            return {}
+        """Results-row fields naming the quantizer and transform choices (empty for plain recipes), and
+        ``weight_rounding`` where a config flag changed the registered recipe's rounding."""
         d: dict = {}
+        if self.name in RECIPES and self.weight_rounding != RECIPES[self.name].weight_rounding:
+            d["weight_rounding"] = self.weight_rounding
+        if self.is_plain:
+            return d
         if self.smoothing is not None:
             d["smoothing"] = self.smoothing
         d.update({k: v for k, v in asdict(self.quantizers).items()
