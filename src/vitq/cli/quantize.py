@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vitq.calibration.checkpoint import CalibrationCheckpoint, checkpoint_path_for
 from vitq.cli.common import (
     DEFAULT_CALIB,
     DEFAULT_MODEL,
@@ -43,6 +44,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_report_flag(q)  # --no-report
     q.add_argument("--packed", action="store_true",
                    help="store weights packed at their bit-widths (packed.safetensors) instead of float32")
+    q.add_argument("--no-resume", action="store_true", help="start calibration over instead of resuming an "
+                   "interrupted one (its state is kept after each unit in .<out-name>.resume beside --out)")
     return q
 
 
@@ -65,10 +68,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
     qmodel = vitq.quantize(model, config)
-    report = vitq.calibrate(qmodel, calib.images)
-    vitq.freeze(qmodel)
     tag = args.model.split(":", 1)[1].replace("/", "_")
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
+    resume = CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
+    report = vitq.calibrate(qmodel, calib.images, checkpoint=resume)
+    vitq.freeze(qmodel)
     summary = {"model": args.model, "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
                "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
                **mp_info}
@@ -82,6 +86,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
     save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
     save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()})
+    resume.remove()
     print(json.dumps(summary, indent=2))
     print(f"saved quantized model to {out}")
     if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
