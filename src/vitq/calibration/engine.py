@@ -13,12 +13,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from vitq.calibration.capture import capture_unit_inputs, check_finite, collect_op_io, run_unit
+from vitq.calibration.checkpoint import (
+    CalibrationCheckpoint,
+    CalibrationState,
+    fingerprint,
+    module_attrs,
+    restore_module_attrs,
+)
 from vitq.calibration.gptq import apply_gptq
 from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
@@ -150,7 +158,8 @@ def op_search_spec(config: QuantConfig, default: SearchSpec, name: str) -> Searc
 @torch.no_grad()
 def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConfig | None = None, *,
               progress: bool = True,
-              on_op_data: Callable[[str, QuantOp, OpData], None] | None = None) -> CalibrationReport:
+              on_op_data: Callable[[str, QuantOp, OpData], None] | None = None,
+              checkpoint: CalibrationCheckpoint | str | Path | None = None) -> CalibrationReport:
     """Calibrate a model prepared by :func:`vitq.quantize` on unlabelled images, in place.
 
     Args:
@@ -161,6 +170,11 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
         on_op_data: called as ``on_op_data(name, op, data)`` for every op, with the data its search is
             about to see and its intervals initialised (inspection; ``benchmarks/calibration_speed.py``
             runs the fast and reference searches on copies of the op there). It must not modify them.
+        checkpoint: a directory (or a :class:`~vitq.calibration.checkpoint.CalibrationCheckpoint`) where the
+            state is saved, atomically, after every finished unit. If it holds the state of an interrupted
+            calibration of the same model, config and images, the finished units are skipped and the result
+            is bit-identical to an uninterrupted run's; otherwise it is ignored (one log line says why).
+            Removed after a successful calibration (unless the checkpoint object says ``keep``).
 
     Returns:
         A :class:`CalibrationReport` with the objective before/after the search of every op.
@@ -174,6 +188,8 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     batches = [b.to(device) for b in batches]
     gen = torch.Generator().manual_seed(config.seed)
     ops = quant_ops(model)
+    ckpt = CalibrationCheckpoint.of(checkpoint)
+    fp = fingerprint(model, config, batches, info.model_spec) if ckpt is not None else None  # before any change
     searches = {name: op_search_spec(config, recipe.search, name) for name in ops}
     # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
     prep = UnitPreparation.build(model, config, recipe, searches, batches, info.forward)
@@ -188,10 +204,15 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     was_training = model.training
     model.eval()
     report = CalibrationReport(method=config.method, num_images=sum(b.shape[0] for b in batches))
+    unit_names = [u for u, _ in units]
+    start, inputs, seconds_before = 0, None, 0.0
+    resumed = ckpt.load(fp, unit_names) if ckpt is not None else None
+    if resumed is not None:
+        start, inputs, seconds_before = _restore(model, ops, gen, report, resumed)
     t0 = time.perf_counter()
-    inputs = None
-    bar = tqdm(units, desc=f"calibrate {config.method}", unit="unit", disable=not progress)
-    for ui, (uname, unit) in enumerate(bar):
+    bar = tqdm(units[start:], desc=f"calibrate {config.method}", unit="unit", disable=not progress,
+               initial=start, total=len(units))
+    for ui, (uname, unit) in enumerate(bar, start):
         unit_ops = _unit_ops(uname, ops)
         if not unit_ops:  # e.g. a float head: nothing to calibrate, no inputs to capture
             inputs = None
@@ -231,10 +252,41 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = [((out,), {}) for out in run_unit(unit, inputs)]
         else:
             inputs = None
-    report.seconds = time.perf_counter() - t0
+        if ckpt is not None:
+            done = ui + 1  # and the units after it with nothing to calibrate (a float head)
+            while done < len(units) and not _unit_ops(units[done][0], ops):
+                done += 1
+            ckpt.save(fp, CalibrationState(
+                units_done=done, model_state=model.state_dict(), attrs=module_attrs(ops), report_ops=report.ops,
+                rng=gen.get_state(), seconds=seconds_before + time.perf_counter() - t0, unit_names=unit_names,
+                next_inputs=_chained_tensors(inputs) if done == ui + 1 else None))
+    report.seconds = seconds_before + time.perf_counter() - t0
     info.calibrated = True
     info.calibration = {"method": config.method, "num_images": report.num_images, "seconds": round(report.seconds, 3)}
     model.train(was_training)
+    if ckpt is not None and not ckpt.keep:
+        ckpt.remove()
     log.info("calibrated %d ops with %s on %d images in %.1fs", len(report.ops), config.method,
              report.num_images, report.seconds)
     return report
+
+
+def _chained_tensors(inputs) -> list[torch.Tensor] | None:
+    """The next unit's inputs when they are the finished unit's outputs, one tensor per batch (else
+    ``None``: the next unit's inputs are captured from the model)."""
+    if inputs is None or not all(len(a) == 1 and not k and isinstance(a[0], torch.Tensor) for a, k in inputs):
+        return None
+    return [a[0] for a, _ in inputs]
+
+
+def _restore(model: nn.Module, ops: dict[str, QuantOp], gen: torch.Generator, report: CalibrationReport,
+             state: CalibrationState) -> tuple[int, list | None, float]:
+    """Put a checkpoint's state into the model, the generator and the report; returns the first unit to
+    calibrate, its inputs (``None``: capture them) and the calibration seconds so far."""
+    model.load_state_dict(state.model_state, strict=True)
+    restore_module_attrs(ops, state.attrs)
+    gen.set_state(state.rng)
+    report.ops = list(state.report_ops)
+    device = next(model.parameters()).device
+    inputs = None if state.next_inputs is None else [((t.to(device),), {}) for t in state.next_inputs]
+    return state.units_done, inputs, state.seconds

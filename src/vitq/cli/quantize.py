@@ -61,6 +61,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_report_flag(q)  # --no-report
     q.add_argument("--packed", action="store_true",
                    help="store weights packed at their bit-widths (packed.safetensors) instead of float32")
+    q.add_argument("--no-resume", action="store_true", help="start calibration over instead of resuming an "
+                   "interrupted one (its state is kept after each unit in .<out-name>.resume beside --out)")
     return q
 
 
@@ -69,6 +71,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
     import vitq
+    from vitq.calibration.checkpoint import CalibrationCheckpoint, checkpoint_path_for
     from vitq.data.sources import load_images
     from vitq.eval.metrics import agreement, predict, sqnr_db, top1
     from vitq.export.packing import save_packed
@@ -89,7 +92,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
     qmodel = vitq.quantize(model, config)
-    report = vitq.calibrate(qmodel, calib.images)
+    resume = CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
+    report = vitq.calibrate(qmodel, calib.images, checkpoint=resume)
     vitq.freeze(qmodel)
     # with a mixed-precision plan the uniform --bits only set the budget: report the bits used (bits_min/max)
     bits = ({"base_bits": config.w_bits} if mp_info.get("mixed_precision")
@@ -108,6 +112,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
     save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
     save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()}, overwrite=args.overwrite)
+    resume.remove()
     print(json.dumps(summary, indent=2))  # the save itself is logged (vitq.export), once
     if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
         report_after_quantize(qmodel, model, calib.images, out, summary, report.to_dict())
