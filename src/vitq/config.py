@@ -19,6 +19,7 @@ from pathlib import Path
 from vitq.errors import ConfigError
 from vitq.quantizers.uniform import check_bits
 from vitq.recipes import Recipe, get_recipe
+from vitq.recipes.base import ROTATIONS as RECIPE_ROTATIONS
 
 CONFIG_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -30,6 +31,8 @@ INPUT_QUANTIZERS = {
     "attn_context": ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2"),
 }
 _ALL_INPUT_QUANTIZERS = tuple(dict.fromkeys(k for ks in INPUT_QUANTIZERS.values() for k in ks))
+#: values of ``QuantConfig.rotation`` besides ``None`` (the recipe's choice): ``"none"`` turns it off
+CONFIG_ROTATIONS = ("none",) + tuple(r for r in RECIPE_ROTATIONS if r is not None)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,10 @@ class QuantConfig:
         optm_softmax: OPT-m's two-region search on post-softmax attention maps too.
         fully_quantized: also quantize LayerNorm inputs (power-of-two factors) and softmax outputs
             (log2), as FQ-ViT; off by default. The flags override the recipe's choices (:meth:`vitq.recipes.Recipe.resolve`).
+        rotation: fold the LayerNorms and rotate the residual stream before quantizing
+            (:mod:`vitq.transforms.rotation`): ``"hadamard"``, ``"hadamard-online"`` (plus an online Hadamard
+            before each MLP's fc2) or ``"none"``; ``None`` takes the recipe's choice (``rtn-rot``,
+            ``liu2021-rot``: hadamard). Seeded by ``seed``.
     """
 
     w_bits: int = 8
@@ -140,6 +147,7 @@ class QuantConfig:
     optm: bool = False
     optm_softmax: bool = False
     fully_quantized: bool = False
+    rotation: str | None = None
     plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -173,6 +181,9 @@ class QuantConfig:
         a = self.smoothquant_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
             raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] or null (search it)")
+        if self.rotation is not None and self.rotation not in CONFIG_ROTATIONS:
+            raise ConfigError(f"rotation={self.rotation!r}: choose one of {', '.join(CONFIG_ROTATIONS)} or null "
+                              "(the recipe's choice)")
         recipe.resolve(self)  # flag / recipe conflicts
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported (this vitq writes {CONFIG_VERSION} "

@@ -15,7 +15,7 @@ from vitq.utils.atomic import atomic_write_text
 REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "top1_float", "size_mb",
             "calib_seconds", "num_calib", "num_test", "command")
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "mixed_precision", "num_calib", "num_test", "mp_method",
-              "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax")
+              "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax", "rotation")
 
 
 def row_key(row: dict) -> tuple:

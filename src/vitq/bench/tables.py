@@ -18,7 +18,7 @@ ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes"
                         key=lambda row: row.count("yes")))
 
 
-VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized")
+VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "rotation")
 ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
 COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
 # The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
@@ -55,6 +55,8 @@ def _variant_label(row: dict) -> str:
         label += f" + {row['post_softmax']} softmax quantizer"
     if row.get("fully_quantized"):
         label += ", fully quantized"
+    if row.get("rotation"):
+        label += f", rotation {row['rotation']}"
     return label
 
 

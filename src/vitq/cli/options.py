@@ -1,4 +1,4 @@
-"""The MPTQ-ViT flags: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
+"""The MPTQ-ViT flags and ``--rotation``: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
 ``vitq quantize`` and ``vitq export`` (QuantConfig fields) and ``vitq bench`` (overrides of every run).
 
 Each flag defaults to ``None`` so that only flags given explicitly override a ``--config`` file.
@@ -23,12 +23,19 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
                    help="OPT-m's two-region quantizer on post-softmax attention maps too")
     g.add_argument("--fully-quantized", action="store_true", default=None,
                    help="also quantize LayerNorm inputs (power-of-two factors) and softmax outputs (log2)")
+    from vitq.config import CONFIG_ROTATIONS
+
+    r = p.add_argument_group("rotation (QuaRot-style, compose with any --method without LayerNorm transforms)")
+    r.add_argument("--rotation", choices=CONFIG_ROTATIONS, default=None,
+                   help="fold the LayerNorms and rotate the residual stream by a randomized Hadamard matrix "
+                        "(seeded by --seed) before quantizing; hadamard-online adds an online Hadamard before "
+                        "each MLP fc2; none turns off a recipe's rotation (default: the recipe's)")
 
 
 def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
-                                                  "optm_softmax", "fully_quantized")}
+                                                  "optm_softmax", "fully_quantized", "rotation")}
 
 
 def extended_overrides(args: argparse.Namespace) -> dict:

@@ -6,12 +6,13 @@ One module per method family fills the registry (:func:`register_recipe`):
 - :mod:`~vitq.recipes.liu2021`: ``liu2021`` and its ablation ``liu2021-sim``, ``-sim+rank``, ``-sim+bc``.
 - :mod:`~vitq.recipes.mptq`: ``mptq``, ``mptq-sqb``, ``mptq-optm`` (MPTQ-ViT's SQ-b and OPT-m).
 - :mod:`~vitq.recipes.ptq4vit`: ``ptq4vit``; :mod:`~vitq.recipes.repq_vit`: ``repq-vit``.
+- :mod:`~vitq.recipes.rotation`: ``rtn-rot``, ``liu2021-rot`` (QuaRot-style rotated residual stream).
 
 Adding a method is one new module here with its ``@register_recipe`` factory, plus its import below.
 ``python -c "import vitq.recipes as r; print(sorted(r.RECIPES))"`` lists every method the CLI accepts.
 """
 
-from vitq.recipes import baselines, liu2021, mptq, ptq4vit, repq_vit  # noqa: F401  (registration)
+from vitq.recipes import baselines, liu2021, mptq, ptq4vit, repq_vit, rotation  # noqa: F401  (registration)
 from vitq.recipes.base import (
     RECIPES,
     Quantizers,
@@ -34,6 +35,8 @@ def recipes_table() -> str:
             search = f"{s.init} init, {search}"
         parts = [f"{k}: {v}" for k, v in vars(r.quantizers).items() if v not in ("uniform", False)]
         parts += [f"transform: {t}" for t in r.transforms]
+        parts += [f"rotation: {r.rotation}"] if r.rotation else []
+        parts += ["per-channel weights"] if r.per_channel_weights else []
         lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
     return "\n".join(lines)
 

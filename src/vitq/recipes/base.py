@@ -9,6 +9,8 @@ A recipe names, for one calibration method, everything that is not a number the 
 - the weight granularity (per tensor or per output channel);
 - the function-preserving model transforms it folds in before its ops are calibrated (``sqb``,
   ``smoothquant``, ``repq``; run per calibration unit on that unit's own inputs);
+- an orthogonal rotation of the whole model's residual stream, applied to the float model before its
+  modules are swapped (``rotation``: ``hadamard``, ``hadamard-online``; :mod:`vitq.transforms.rotation`);
 - the interval search (:class:`SearchSpec`: initialisation, objective, ranking loss, bias correction,
   candidate range), which :mod:`vitq.calibration` executes.
 
@@ -36,6 +38,8 @@ TRANSFORMS = ("sqb", "smoothquant", "repq")
 POST_LAYERNORM = ("uniform", "affine")
 POST_GELU = ("uniform", "optm", "ptq4vit")
 POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
+#: residual-stream rotations (:mod:`vitq.transforms.rotation`); ``None``: none
+ROTATIONS = (None, "hadamard", "hadamard-online")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class Recipe:
         search: how each op's intervals are initialised and searched.
         quantizers: the quantizer kind per activation role.
         transforms: model transforms folded in before each unit's ops are calibrated.
+        rotation: ``None``, ``"hadamard"`` (LayerNorms folded, residual stream and attention heads rotated
+            offline) or ``"hadamard-online"`` (plus an online Hadamard before each MLP's second Linear),
+            applied to the whole float model before the module swap (:mod:`vitq.transforms.rotation`).
         per_channel_weights: one weight interval per output channel by default (else per tensor).
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
@@ -118,6 +125,7 @@ class Recipe:
     search: SearchSpec
     quantizers: Quantizers = Quantizers()
     transforms: tuple[str, ...] = ()
+    rotation: str | None = None
     per_channel_weights: bool = False
     family: str = ""
     table: bool = False
@@ -130,6 +138,17 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: unknown transforms {bad}; choose from {', '.join(TRANSFORMS)}")
         if len(self.transforms) > 1:
             raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
+        if self.rotation not in ROTATIONS:
+            raise ConfigError(f"recipe {self.name!r}: rotation={self.rotation!r}: choose one of "
+                              f"{', '.join(map(str, ROTATIONS))}")
+        if self.rotation is not None:
+            uses_ln = [*self.transforms] + (["post_layernorm=" + self.quantizers.post_layernorm]
+                                            if self.quantizers.post_layernorm != "uniform" else []) \
+                + (["fully_quantized (LayerNorm inputs)"] if self.quantizers.layernorm_input else [])
+            if uses_ln:
+                raise ConfigError(f"recipe {self.name!r}: rotation={self.rotation!r} folds every LayerNorm into "
+                                  f"the Linears and replaces it by an RMSNorm, so {', '.join(uses_ln)} has no "
+                                  "LayerNorm to work on; use one or the other")
 
     @property
     def smoothing(self) -> str | None:
@@ -169,13 +188,21 @@ class Recipe:
         if config.beta is not None:
             search = replace(search, beta=float(config.beta))
         per_channel = self.per_channel_weights if config.per_channel_weights is None else config.per_channel_weights
-        return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel)
+        rotation = self.rotation
+        if config.rotation is not None:
+            rotation = None if config.rotation == "none" else config.rotation
+        return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
+                       rotation=rotation)
 
     def row_fields(self, config: QuantConfig) -> dict:
-        """Results-row fields naming the quantizer and transform choices (empty for plain recipes)."""
-        if self.is_plain:
-            return {}
+        """Results-row fields naming the quantizer and transform choices (empty for plain recipes); a rotation
+        other than the registered recipe's (a config override) is one too."""
         d: dict = {}
+        registered = RECIPES.get(self.name)
+        if registered is not None and self.rotation != registered.rotation:
+            d["rotation"] = self.rotation or "none"
+        if self.is_plain:
+            return d
         if self.smoothing is not None:
             d["smoothing"] = self.smoothing
         d.update({k: v for k, v in asdict(self.quantizers).items()
