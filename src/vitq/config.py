@@ -19,6 +19,7 @@ from pathlib import Path
 from vitq.errors import ConfigError
 from vitq.quantizers.uniform import check_bits
 from vitq.recipes import WEIGHT_ROUNDINGS, Recipe, check_weight_rounding, get_recipe
+from vitq.recipes.base import CONFIG_ROTATIONS
 
 CONFIG_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -30,6 +31,7 @@ INPUT_QUANTIZERS = {
     "attn_context": ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2"),
 }
 _ALL_INPUT_QUANTIZERS = tuple(dict.fromkeys(k for ks in INPUT_QUANTIZERS.values() for k in ks))
+#: values of ``QuantConfig.rotation`` besides ``None`` (the recipe's choice): ``"none"`` turns it off
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ class QuantConfig:
         optm_softmax: OPT-m's two-region search on post-softmax attention maps too.
         fully_quantized: also quantize LayerNorm inputs (power-of-two factors) and softmax outputs
             (log2), as FQ-ViT; off by default. The flags override the recipe's choices (:meth:`vitq.recipes.Recipe.resolve`).
+        rotation: fold the LayerNorms and rotate the residual stream before quantizing
+            (:mod:`vitq.transforms.rotation`): ``"hadamard"``, ``"hadamard-online"`` (plus an online Hadamard
+            before each MLP's fc2) or ``"none"``; ``None`` takes the recipe's choice (``rtn-rot``,
+            ``liu2021-rot``: hadamard). Seeded by ``seed``.
     """
 
     w_bits: int = 8
@@ -150,6 +156,7 @@ class QuantConfig:
     optm_softmax: bool = False
     fully_quantized: bool = False
     weight_rounding: str | None = None
+    rotation: str | None = None
     plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -186,6 +193,9 @@ class QuantConfig:
         a = self.smoothquant_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
             raise ConfigError(f"smoothquant_alpha={a!r} must be a number in [0, 1] or null (search it)")
+        if self.rotation is not None and self.rotation not in CONFIG_ROTATIONS:
+            raise ConfigError(f"rotation={self.rotation!r}: choose one of {', '.join(CONFIG_ROTATIONS)} or null "
+                              "(the recipe's choice)")
         recipe.resolve(self)  # flag / recipe conflicts
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported (this vitq writes {CONFIG_VERSION} "

@@ -7,7 +7,7 @@ from vitq.lifecycle.stages import STAGES
 
 
 def test_stage_names_in_order():
-    assert [s.name for s in STAGES] == ["swap", "quantizers", "calibrate", "freeze"]
+    assert [s.name for s in STAGES] == ["rotate", "swap", "quantizers", "calibrate", "freeze"]
 
 
 def test_pipeline_equals_the_lifecycle(tiny_vit, calib_images, test_images):

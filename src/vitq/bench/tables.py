@@ -19,8 +19,8 @@ ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes"
                         key=lambda row: row.count("yes")))
 
 
-# weight_rounding: set only where --weight-rounding changed the recipe's own (Recipe.row_fields)
-VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding")
+# weight_rounding / rotation: set only where a flag changed the recipe's own (Recipe.row_fields)
+VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding", "rotation")
 ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
 COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
 # The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
@@ -59,6 +59,8 @@ def _variant_label(row: dict) -> str:
         label += ", fully quantized"
     if row.get("weight_rounding"):
         label += f", {row['weight_rounding']} weight rounding"
+    if row.get("rotation"):
+        label += f", rotation {row['rotation']}"
     return label
 
 

@@ -1,4 +1,4 @@
-"""The MPTQ-ViT flags and ``--weight-rounding``: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
+"""The MPTQ-ViT flags, ``--weight-rounding`` and ``--rotation``: command-line switches of the extended recipes (they override the recipe's choices, :meth:`vitq.recipes.Recipe.resolve`), for
 ``vitq quantize`` and ``vitq export`` (QuantConfig fields) and ``vitq bench`` (overrides of every run).
 
 Each flag defaults to ``None`` so that only flags given explicitly override a ``--config`` file.
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from vitq.cli.argtypes import unit_float
 from vitq.errors import ConfigError
 from vitq.recipes import WEIGHT_ROUNDINGS
+from vitq.recipes.base import CONFIG_ROTATIONS
 
 
 def add_extended_args(p: argparse.ArgumentParser) -> None:
@@ -33,11 +34,18 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
                    help="round weights onto the searched grid to nearest or by GPTQ (Frantar et al. 2023) "
                         "(default: the method's; gptq for gptq and liu2021-gptq)")
 
+    r = p.add_argument_group("rotation (QuaRot-style, compose with any --method without LayerNorm transforms)")
+    r.add_argument("--rotation", choices=CONFIG_ROTATIONS, default=None,
+                   help="fold the LayerNorms and rotate the residual stream by a randomized Hadamard matrix "
+                        "(seeded by --seed) before quantizing; hadamard-online adds an online Hadamard before "
+                        "each MLP fc2; none turns off a recipe's rotation (default: the recipe's)")
+
 
 def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
-                                                  "optm_softmax", "fully_quantized", "weight_rounding")}
+                                                  "optm_softmax", "fully_quantized", "weight_rounding",
+                                                  "rotation")}
 
 
 def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:

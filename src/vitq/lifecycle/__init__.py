@@ -1,4 +1,4 @@
-"""The lifecycle: ``quantize`` (swap modules, install the recipe's quantizers) -> ``calibrate`` (the
+"""The lifecycle: ``quantize`` (rotate if the recipe says so, swap modules, install the recipe's quantizers) -> ``calibrate`` (the
 recipe's transforms and interval search, unit by unit) -> ``freeze``; :func:`pipeline` runs it all.
 
     qmodel = vitq.quantize(model, vitq.QuantConfig(w_bits=8, a_bits=8, method="liu2021"))
@@ -25,6 +25,7 @@ from vitq.lifecycle.stages import (
     Freeze,
     InstallQuantizers,
     PipelineState,
+    Rotate,
     Stage,
     SwapModules,
 )
@@ -40,9 +41,9 @@ def _run(stages, state: PipelineState) -> PipelineState:
 
 
 def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bool = False) -> nn.Module:
-    """Prepare a float model for quantization: swap every Linear, the patch-embedding Conv and every
-    attention module for its quantized counterpart and install the recipe's quantizers (disabled until
-    calibrated).
+    """Prepare a float model for quantization: fold its LayerNorms and rotate its residual stream if the
+    recipe rotates (:class:`Rotate`), swap every Linear, the patch-embedding Conv and every attention
+    module for its quantized counterpart and install the recipe's quantizers (disabled until calibrated).
 
     Args:
         model: a supported vision transformer (see :func:`vitq.models.base.adapters`).
@@ -50,11 +51,12 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bo
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
-        The quantized model. With quantization disabled it computes exactly what the float model does.
+        The quantized model. With quantization disabled it computes exactly what the float model does
+        (a rotated model up to float rounding).
     """
     config = config or QuantConfig()
     state = PipelineState(model=model, config=config, recipe=config.recipe(), inplace=inplace)
-    return _run((SwapModules(), InstallQuantizers()), state).model
+    return _run((Rotate(), SwapModules(), InstallQuantizers()), state).model
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -90,5 +92,5 @@ def pipeline(model: nn.Module, config: QuantConfig | None = None, calib_images=N
     return QuantizedModel(model=state.model, report=state.report)
 
 
-__all__ = ["STAGES", "Calibrate", "Freeze", "InstallQuantizers", "PipelineState", "QuantizedModel", "Stage",
+__all__ = ["STAGES", "Calibrate", "Freeze", "InstallQuantizers", "PipelineState", "QuantizedModel", "Rotate", "Stage",
            "SwapModules", "calibrate", "freeze", "pipeline", "quantize"]

@@ -1,11 +1,11 @@
 """The stages of post-training quantization, each a small named object.
 
-    SwapModules -> InstallQuantizers -> Calibrate -> Freeze
+    Rotate -> SwapModules -> InstallQuantizers -> Calibrate -> Freeze
 
-``vitq.quantize`` runs the first two, ``vitq.calibrate`` the third (the recipe's per-unit transforms,
-interval search and bias correction, :mod:`vitq.calibration.engine`), ``vitq.freeze`` the last;
-:func:`vitq.pipeline` runs all four in order. A stage reads and updates one
-:class:`PipelineState`; progress bars and reports name it by ``Stage.name``.
+``vitq.quantize`` runs the first three (``Rotate`` does nothing unless the recipe rotates),
+``vitq.calibrate`` the fourth (the recipe's per-unit transforms, interval search and bias correction,
+:mod:`vitq.calibration.engine`), ``vitq.freeze`` the last; :func:`vitq.pipeline` runs all five in order.
+A stage reads and updates one :class:`PipelineState`; progress bars and reports name it by ``Stage.name``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class PipelineState:
     inplace: bool = False
     report: CalibrationReport | None = None
     notes: dict = field(default_factory=dict)
+    #: ``model`` is already the pipeline's own copy (a stage before ``SwapModules`` made it)
+    owns_model: bool = False
 
 
 class Stage:
@@ -93,6 +95,29 @@ def check_finite_tensors(model: nn.Module, what: str = "the float model") -> Non
                              f"{t.numel()}; quantizing it would give a meaningless model (check the checkpoint)")
 
 
+class Rotate(Stage):
+    """Fold the LayerNorms and rotate the residual stream of the float model when the recipe says so
+    (:func:`vitq.transforms.rotation.rotate_model`, seeded by ``config.seed``), on the pipeline's own copy
+    unless ``inplace``. Raises :class:`~vitq.errors.UnsupportedModelError` naming the recipe and the module
+    for a model it cannot rotate, before anything is quantized or calibrated."""
+
+    name = "rotate"
+
+    def run(self, state: PipelineState) -> None:
+        mode = state.recipe.rotation
+        if mode is None:
+            return
+        from vitq.transforms.rotation import rotate_model
+
+        model = state.model
+        if not (state.inplace or state.owns_model):
+            model = copy.deepcopy(model)
+        rec = rotate_model(model, mode, seed=state.config.seed,
+                           who=f"recipe {state.recipe.name!r} (rotation {mode!r})")
+        state.model, state.owns_model = model, True
+        state.notes["rotation"] = rec.to_dict()
+
+
 class SwapModules(Stage):
     """Swap every Linear, the patch-embedding Conv and every attention module for its quantized
     counterpart (registry :mod:`vitq.nn.registry`, adapters :mod:`vitq.models`); set per-op bits and
@@ -109,7 +134,7 @@ class SwapModules(Stage):
         adapter = get_adapter(model)
         check_finite_tensors(model)
         spec_source = getattr(model, "vitq_model_spec", None)
-        if not state.inplace:
+        if not (state.inplace or state.owns_model):
             model = copy.deepcopy(model)
         model.eval()
         skip = set() if config.quantize_head else set(adapter.head_names(model))
@@ -183,4 +208,4 @@ class Freeze(Stage):
 
 
 #: the whole pipeline, in order
-STAGES: tuple[Stage, ...] = (SwapModules(), InstallQuantizers(), Calibrate(), Freeze())
+STAGES: tuple[Stage, ...] = (Rotate(), SwapModules(), InstallQuantizers(), Calibrate(), Freeze())

@@ -8,12 +8,13 @@ One module per method family fills the registry (:func:`register_recipe`):
 - :mod:`~vitq.recipes.ptq4vit`: ``ptq4vit``; :mod:`~vitq.recipes.repq_vit`: ``repq-vit``.
 - :mod:`~vitq.recipes.gptq`: ``gptq`` (Frantar et al. 2023 as a peer), ``liu2021-gptq``, and ``liu2021-pc``
   (per-channel weights, the ablation step before GPTQ rounding).
+- :mod:`~vitq.recipes.rotation`: ``rtn-rot``, ``liu2021-rot`` (QuaRot-style rotated residual stream).
 
 Adding a method is one new module here with its ``@register_recipe`` factory, plus its import below.
 ``python -c "import vitq.recipes as r; print(sorted(r.RECIPES))"`` lists every method the CLI accepts.
 """
 
-from vitq.recipes import baselines, gptq, liu2021, mptq, ptq4vit, repq_vit  # noqa: F401  (registration)
+from vitq.recipes import baselines, gptq, liu2021, mptq, ptq4vit, repq_vit, rotation  # noqa: F401  (registration)
 from vitq.recipes.base import (
     RECIPES,
     WEIGHT_ROUNDINGS,
@@ -40,6 +41,8 @@ def recipes_table() -> str:
         parts += ["per-channel weights"] * r.per_channel_weights
         parts += [f"weight rounding: {r.weight_rounding}"] * (r.weight_rounding != "nearest")
         parts += [f"transform: {t}" for t in r.transforms]
+        parts += [f"rotation: {r.rotation}"] if r.rotation else []
+        parts += ["per-channel weights"] if r.per_channel_weights else []
         lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
     return "\n".join(lines)
 

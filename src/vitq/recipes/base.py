@@ -10,6 +10,8 @@ A recipe names, for one calibration method, everything that is not a number the 
   error-feedback rounding on the searched grid, :mod:`vitq.calibration.gptq`);
 - the function-preserving model transforms it folds in before its ops are calibrated (``sqb``,
   ``smoothquant``, ``repq``; run per calibration unit on that unit's own inputs);
+- an orthogonal rotation of the whole model's residual stream, applied to the float model before its
+  modules are swapped (``rotation``: ``hadamard``, ``hadamard-online``; :mod:`vitq.transforms.rotation`);
 - the interval search (:class:`SearchSpec`: initialisation, objective, ranking loss, bias correction,
   candidate range), which :mod:`vitq.calibration` executes.
 
@@ -48,6 +50,12 @@ def check_weight_rounding(value: str, what: str = "weight_rounding") -> str:
     if value not in WEIGHT_ROUNDINGS:
         raise ConfigError(f"{what}={value!r}: choose one of {', '.join(WEIGHT_ROUNDINGS)}")
     return value
+
+
+#: residual-stream rotations (:mod:`vitq.transforms.rotation`); ``None``: none
+ROTATIONS = (None, "hadamard", "hadamard-online")
+#: what a config or ``--rotation`` may say: ``none`` turns a recipe's rotation off
+CONFIG_ROTATIONS = ("none",) + tuple(r for r in ROTATIONS if r is not None)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,9 @@ class Recipe:
         search: how each op's intervals are initialised and searched.
         quantizers: the quantizer kind per activation role.
         transforms: model transforms folded in before each unit's ops are calibrated.
+        rotation: ``None``, ``"hadamard"`` (LayerNorms folded, residual stream and attention heads rotated
+            offline) or ``"hadamard-online"`` (plus an online Hadamard before each MLP's second Linear),
+            applied to the whole float model before the module swap (:mod:`vitq.transforms.rotation`).
         per_channel_weights: one weight interval per output channel by default (else per tensor).
         weight_rounding: how weights are rounded onto the searched grid: ``"nearest"`` (Eq. 8) or
             ``"gptq"`` (Frantar et al. 2023: column by column with error feedback through the inverse
@@ -142,6 +153,7 @@ class Recipe:
     search: SearchSpec
     quantizers: Quantizers = Quantizers()
     transforms: tuple[str, ...] = ()
+    rotation: str | None = None
     per_channel_weights: bool = False
     weight_rounding: str = "nearest"
     family: str = ""
@@ -156,6 +168,17 @@ class Recipe:
         if len(self.transforms) > 1:
             raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
         check_weight_rounding(self.weight_rounding, f"recipe {self.name!r}: weight_rounding")
+        if self.rotation not in ROTATIONS:
+            raise ConfigError(f"recipe {self.name!r}: rotation={self.rotation!r}: choose one of "
+                              f"{', '.join(map(str, ROTATIONS))}")
+        if self.rotation is not None:
+            uses_ln = [*self.transforms] + (["post_layernorm=" + self.quantizers.post_layernorm]
+                                            if self.quantizers.post_layernorm != "uniform" else []) \
+                + (["fully_quantized (LayerNorm inputs)"] if self.quantizers.layernorm_input else [])
+            if uses_ln:
+                raise ConfigError(f"recipe {self.name!r}: rotation={self.rotation!r} folds every LayerNorm into "
+                                  f"the Linears and replaces it by an RMSNorm, so {', '.join(uses_ln)} has no "
+                                  "LayerNorm to work on; use one or the other")
 
     @property
     def smoothing(self) -> str | None:
@@ -199,15 +222,21 @@ class Recipe:
             search = replace(search, beta=float(config.beta))
         per_channel = self.per_channel_weights if config.per_channel_weights is None else config.per_channel_weights
         rounding = self.weight_rounding if config.weight_rounding is None else config.weight_rounding
+        rotation = self.rotation
+        if config.rotation is not None:
+            rotation = None if config.rotation == "none" else config.rotation
         return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
-                       weight_rounding=rounding)
+                       weight_rounding=rounding, rotation=rotation)
 
     def row_fields(self, config: QuantConfig) -> dict:
         """Results-row fields naming the quantizer and transform choices (empty for plain recipes), and
-        ``weight_rounding`` where a config flag changed the registered recipe's rounding."""
+        ``weight_rounding`` / ``rotation`` where a config flag changed the registered recipe's."""
         d: dict = {}
-        if self.name in RECIPES and self.weight_rounding != RECIPES[self.name].weight_rounding:
+        registered = RECIPES.get(self.name)
+        if registered is not None and self.weight_rounding != registered.weight_rounding:
             d["weight_rounding"] = self.weight_rounding
+        if registered is not None and self.rotation != registered.rotation:
+            d["rotation"] = self.rotation or "none"
         if self.is_plain:
             return d
         if self.smoothing is not None:

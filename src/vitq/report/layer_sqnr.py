@@ -39,11 +39,13 @@ def _float_reference(float_model: nn.Module, qmodel: nn.Module) -> nn.Module:
     if getattr(float_model, "vitq_info", None) is not None:
         raise VitqError("layer_sqnr: float_model is a quantized model; pass the float model it was made from")
     cfg = get_quant_info(qmodel).config
-    # a plain config (no recipe quantizers or folding): only the module swap, every quantizer disabled. An
+    # a plain config (no recipe quantizers or folding): only the module swap, every quantizer disabled; a
+    # rotated model's reference is rotated the same way (same rotation and seed), so op outputs match. An
     # internal copy: its "quantize: ... adapter swapped" line would read as the run quantizing twice
+    rotation = get_quant_info(qmodel).recipe.rotation or "none"
     with _quiet("vitq.lifecycle"):
-        ref = quantize(float_model, QuantConfig(w_bits=cfg.w_bits, a_bits=cfg.a_bits,
-                                                quantize_head=cfg.quantize_head))
+        ref = quantize(float_model, QuantConfig(w_bits=cfg.w_bits, a_bits=cfg.a_bits, quantize_head=cfg.quantize_head,
+                                                rotation=rotation, seed=cfg.seed))
     for op in quant_ops(ref).values():
         op.set_enabled(False)
     return ref
