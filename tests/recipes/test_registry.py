@@ -77,3 +77,11 @@ def test_recipe_validation_names_the_field():
     r = get_recipe("liu2021")
     assert dataclasses.replace(r.search, alpha=0.3).alpha == 0.3
     assert vitq.QuantConfig(alpha=0.3).recipe().search.alpha == 0.3  # the config's overrides resolve
+
+
+def test_every_recipe_says_its_origin():
+    from vitq.recipes.base import ORIGINS
+
+    assert {r.origin for r in RECIPES.values()} <= set(ORIGINS)
+    assert RECIPES["minmax"].origin == "baseline" and RECIPES["liu2021"].origin == "vitq"
+    assert RECIPES["mptq"].origin == "vitq" and RECIPES["ptq4vit"].origin == RECIPES["repq-vit"].origin == "peer"

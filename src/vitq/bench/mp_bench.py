@@ -32,6 +32,7 @@ from vitq.models.loading import create_model, model_data_config
 from vitq.mp.probe import CHEAP_INITS
 from vitq.mp.search import MP_METHODS, search_plan
 from vitq.quantizers.uniform import MAX_BITS, MIN_BITS
+from vitq.recipes import get_recipe
 from vitq.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def run_mp_rows(model_name: str, *, mp_methods: Sequence[str] = MP_METHODS, bits
     top1_float = top1(ref, test.labels)
     base = {"model": model_name, "num_test": int(test.images.shape[0]), "num_calib": int(calib.images.shape[0]),
             "top1_float": top1_float, "command": command, "method": method, "search": search,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "origin": get_recipe(method).origin, "threads": torch.get_num_threads(), "torch": torch.__version__}
     rows: list[dict] = []
 
     def record(row: dict) -> None:

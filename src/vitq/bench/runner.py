@@ -96,7 +96,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     top1_float = top1(ref, test.labels)
     base = {"model": model_name, "num_test": n_test, "top1_float": top1_float, "command": command,
             "mixed_precision": False, "threads": torch.get_num_threads(), "torch": torch.__version__}
-    rows = [{**base, "method": "float", "w_bits": 32, "a_bits": 32, "top1": top1_float,
+    rows = [{**base, "method": "float", "origin": "baseline", "w_bits": 32, "a_bits": 32, "top1": top1_float,
              "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6, "calib_seconds": 0.0,
              "num_calib": 0, "eval_seconds": float_seconds}]
     merge_rows(results, rows)
@@ -108,6 +108,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
             peer_rows = ort_static_rows(model_name, model, calib.images, test.images, test.labels, command=command,
                                         threads=torch.get_num_threads(), reference_logits=ref)
             for r in peer_rows:
+                r["origin"] = "peer"  # ONNX Runtime's own quantizer
                 r.update(num_calib=n, num_test=n_test, top1_float=top1_float)
                 log.info("%s %s W8A8 n=%d: top-1 %.4f (float %.4f)", model_name, r["method"], n, r["top1"], top1_float)
             rows += peer_rows
@@ -124,7 +125,8 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
         vitq.freeze(q)
         t0 = time.perf_counter()
         out = predict(q, test.images, progress=True, desc=f"{method} W{b}A{b}")
-        row = {**base, "method": method, "w_bits": b, "a_bits": b, "top1": top1(out, test.labels),
+        row = {**base, "method": method, "origin": cfg.recipe().origin, "w_bits": b, "a_bits": b,
+               "top1": top1(out, test.labels),
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
                "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
                "eval_seconds": round(time.perf_counter() - t0, 2), "search": search,

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from vitq.config import QuantConfig
 
 INITS = ("max", "percentile")
+#: the ``origin`` of a results row
+ORIGINS = ("vitq", "baseline", "peer")
 #: objectives computed from the op's output alone (per-sample moments: the fast search's levers apply)
 SIMILARITY_OBJECTIVES = ("pearson", "cosine", "mse")
 #: ``None``: no search (the intervals stay where the initialisation put them)
@@ -144,7 +146,10 @@ class Recipe:
             Hessian of the op's inputs, :mod:`vitq.calibration.gptq`), right after each op's search.
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
-        peer: a re-implementation of another group's method (``vitq bench --peers`` adds it).
+        peer: ``vitq bench --peers`` adds it to the methods (the comparison table's rows).
+        origin: what a results row of this recipe is: ``vitq`` (our methods: Liu et al., MPTQ-ViT and what
+            we build on them), ``baseline`` (the papers' baselines) or ``peer`` (another group's method,
+            re-implemented).
     """
 
     name: str
@@ -160,8 +165,11 @@ class Recipe:
     table: bool = False
     ablation: bool = False
     peer: bool = False
+    origin: str = "vitq"
 
     def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ConfigError(f"recipe {self.name!r}: origin={self.origin!r}: choose one of {', '.join(ORIGINS)}")
         bad = [t for t in self.transforms if t not in TRANSFORMS]
         if bad:
             raise ConfigError(f"recipe {self.name!r}: unknown transforms {bad}; choose from {', '.join(TRANSFORMS)}")

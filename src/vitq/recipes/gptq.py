@@ -26,7 +26,7 @@ def gptq() -> tuple[Recipe, ...]:
     liu = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
     return (
         Recipe("gptq", "per-channel max weight intervals, GPTQ rounding; activations per-tensor max, no search",
-               PAPER, SearchSpec(), per_channel_weights=True, weight_rounding="gptq", peer=True),
+               PAPER, SearchSpec(), per_channel_weights=True, weight_rounding="gptq", peer=True, origin="peer"),
         Recipe("liu2021-pc", "Liu et al.'s search with per-channel weight intervals", f"{LIU}, Sec. 3; per-channel weights",
                liu, per_channel_weights=True),
         Recipe("liu2021-gptq", "Liu et al.'s search, per-channel weights, GPTQ rounding after each op's search",

@@ -13,4 +13,4 @@ def ptq4vit() -> Recipe:
     return Recipe("ptq4vit", "twin uniform post-softmax / post-GELU, Hessian-guided search",
                   "Yuan et al., ECCV 2022 (PTQ4ViT), Sec. 3-4",
                   SearchSpec(objective="hessian", alpha=0.01, beta=1.2),
-                  Quantizers(post_gelu="ptq4vit", post_softmax="ptq4vit"), peer=True)
+                  Quantizers(post_gelu="ptq4vit", post_softmax="ptq4vit"), peer=True, origin="peer")

@@ -14,4 +14,4 @@ def repq_vit() -> Recipe:
     return Recipe("repq-vit", "per-channel post-LayerNorm reparameterisation, log-sqrt2 post-softmax, MSE search",
                   "Li et al., ICCV 2023 (RepQ-ViT), Sec. 3",
                   SearchSpec(objective="mse"), Quantizers(post_layernorm="affine", post_softmax="log_sqrt2"),
-                  transforms=("repq",), peer=True)
+                  transforms=("repq",), peer=True, origin="peer")
