@@ -43,6 +43,8 @@ class PipelineState:
     inplace: bool = False
     report: CalibrationReport | None = None
     notes: dict = field(default_factory=dict)
+    #: where calibration saves its state after each unit, to resume after a crash (``calibrate(checkpoint=)``)
+    checkpoint: object = None
 
 
 class Stage:
@@ -158,7 +160,7 @@ class Calibrate(Stage):
     def run(self, state: PipelineState) -> None:
         if state.calib is None:
             raise VitqError("the calibrate stage needs calibration images")
-        state.report = calibrate(state.model, state.calib, progress=state.progress)
+        state.report = calibrate(state.model, state.calib, progress=state.progress, checkpoint=state.checkpoint)
 
 
 class Freeze(Stage):
