@@ -181,3 +181,15 @@ def test_checkpoint_name_is_not_a_stale_temp(tmp_path):
     ck.mkdir()
     (ck / META_FILE).write_text("{}")
     assert remove_stale_temps(out) == [] and ck.exists()
+
+
+def test_pipeline_takes_a_checkpoint(tmp_path, images, caplog):
+    model = make_tiny_vit(depth=3)
+    cfg = vitq.QuantConfig(method="liu2021", **FAST)
+    ref = vitq.pipeline(model, cfg, images, progress=False)
+    with pytest.raises(Interrupt):
+        _run(model, images, cfg, checkpoint=tmp_path / "c", on_op_data=_interrupt_at("blocks.2"))
+    with caplog.at_level(logging.INFO, logger="vitq"):
+        res = vitq.pipeline(model, cfg, images, progress=False, checkpoint=tmp_path / "c")
+    assert "resuming calibration: 3 of 5 units done" in caplog.text
+    _assert_same(ref.model, ref.report, res.model, res.report)

@@ -80,7 +80,7 @@ def fingerprint(model: nn.Module, config, batches: Sequence[torch.Tensor], model
     """SHA-256 of what a calibration's result depends on, by part: ``config`` (its JSON), ``model`` (the
     spec, every module's class and the state dict, taken before calibration changes it), ``images`` (the
     calibration batches' bytes), ``software`` (vitq's source files, so also its version; torch's version;
-    ``VITQ_COMPILE``)."""
+    ``VITQ_COMPILE`` and ``VITQ_FUSED_MIN_NUMEL``, which choose between kernels that round differently)."""
     parts = {}
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     parts["config"] = h.hexdigest()
@@ -95,7 +95,8 @@ def fingerprint(model: nn.Module, config, batches: Sequence[torch.Tensor], model
     for b in batches:
         _hash_tensor(h, b)
     parts["images"] = h.hexdigest()
-    h = hashlib.sha256(json.dumps([torch.__version__, os.environ.get("VITQ_COMPILE", "1")]).encode())
+    env = [os.environ.get(k) for k in ("VITQ_COMPILE", "VITQ_FUSED_MIN_NUMEL")]  # which kernels run
+    h = hashlib.sha256(json.dumps([torch.__version__, *env]).encode())
     h.update(_source_digest().encode())
     parts["software"] = h.hexdigest()
     return parts

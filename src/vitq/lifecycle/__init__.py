@@ -83,11 +83,13 @@ class QuantizedModel:
 
 
 def pipeline(model: nn.Module, config: QuantConfig | None = None, calib_images=None, *,
-             progress: bool = True) -> QuantizedModel:
+             progress: bool = True, checkpoint=None) -> QuantizedModel:
     """Quantize, calibrate and freeze a copy of ``model`` on ``calib_images`` in one call: the stages of
-    :data:`STAGES` in order (the same as ``quantize`` + ``calibrate`` + ``freeze``)."""
+    :data:`STAGES` in order (the same as ``quantize`` + ``calibrate`` + ``freeze``). ``checkpoint``: as
+    :func:`calibrate`'s (a directory where calibration saves its state after each unit, to resume)."""
     config = config or QuantConfig()
-    state = PipelineState(model=model, config=config, recipe=config.recipe(), calib=calib_images, progress=progress)
+    state = PipelineState(model=model, config=config, recipe=config.recipe(), calib=calib_images, progress=progress,
+                          checkpoint=checkpoint)
     _run(STAGES, state)
     return QuantizedModel(model=state.model, report=state.report)
 

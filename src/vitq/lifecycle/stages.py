@@ -45,6 +45,8 @@ class PipelineState:
     notes: dict = field(default_factory=dict)
     #: ``model`` is already the pipeline's own copy (a stage before ``SwapModules`` made it)
     owns_model: bool = False
+    #: where calibration saves its state after each unit, to resume after a crash (``calibrate(checkpoint=)``)
+    checkpoint: object = None
 
 
 class Stage:
@@ -183,7 +185,7 @@ class Calibrate(Stage):
     def run(self, state: PipelineState) -> None:
         if state.calib is None:
             raise VitqError("the calibrate stage needs calibration images")
-        state.report = calibrate(state.model, state.calib, progress=state.progress)
+        state.report = calibrate(state.model, state.calib, progress=state.progress, checkpoint=state.checkpoint)
 
 
 class Freeze(Stage):

@@ -1,4 +1,4 @@
-"""Fused quantization kernels for the interval search: Eq. 8 in one pass over memory.
+"""Fused quantization kernels for the interval search: Eq. 8 in one pass over memory, for large tensors.
 
 The search quantizes the same large activation tensor once per candidate interval. Written as four
 eager ops (divide, round, clamp, rescale) that is four passes over a tensor of tens of MB; the fused
@@ -9,6 +9,31 @@ The fused kernels compute exactly what :func:`vitq.quantizers.uniform.fake_quant
 division, round-half-to-even); a probe with values on rounding ties checks this before the first use,
 and any failure to compile or to match falls back to the eager ops for the rest of the process.
 ``VITQ_COMPILE=0`` disables them.
+
+**Only large tensors use them**, so that the compiler starts only on runs it pays for. Compiling costs a
+process seconds before its first fused call (measured, 2 threads, ``benchmarks/kernel_speed.py``: 3.6-6 s
+with a warm inductor cache, 25-30 s cold, mostly starting the compiler), while a fused call saves little
+until the eager ops' passes stop fitting in the cache. Per call (quiet machine, 2 threads), fake-quant /
+codes / moments save nothing / nothing / 0.03-0.1 ms at fmnist-vit sizes (0.15-0.3 M elements), 0.1 /
+0-0.05 / 0.6-1 ms at 1.6-2.4 M (DeiT-S 6304 x 384), and 5-10 / 10-60 / 6-17 ms at 7-10 M (DeiT-S
+6304 x 1152 and 6304 x 1536, 32 x 6 x 197 x 197 attention maps); on a loaded machine the eager ops' extra
+passes (each a parallel region waiting for its slowest thread) cost several times more. A search makes
+some hundreds of calls per op: DeiT-S-sized ops save 3-8 s per block over the eager ops (quiet; ~20 s
+loaded), which repays even a cold compile within a few blocks. The rule, by tensor size (elements):
+
+- fake-quant and codes (bit-exact with the eager ops): the compiler starts for a tensor of at least
+  :data:`FUSED_MIN_NUMEL` (4 M; ``VITQ_FUSED_MIN_NUMEL`` overrides); once it has, tensors of at least
+  :data:`FUSED_KEEP_NUMEL` (1 M) use the fused kernels too (the compile is paid; each call still saves).
+  A stack of candidate weights is called a few times per op, so the 2.8 M-element stacks of fmnist-vit
+  must not start the compiler: hence 4 M, which no tensor of the demo reaches.
+- moments (not bit-exact: the fused sums round differently): tensors of at least 1 M elements (``min``
+  of that and ``VITQ_FUSED_MIN_NUMEL``), by size alone, so the rounding never depends on what ran before
+  and a resumed calibration computes exactly what an uninterrupted one does. Every op output of a
+  DeiT-S calibration on 32 images is larger (its numbers are as before), every one of the fmnist-vit
+  demo smaller. A run whose largest outputs hold 1-4 M elements and nothing larger (e.g. fmnist-vit on
+  a few hundred images) compiles the moments kernel alone and may save less than that costs.
+
+Below these sizes the eager ops run and the compiler is never started: the fmnist-vit demo never compiles.
 """
 
 from __future__ import annotations
@@ -42,6 +67,37 @@ def _silence_cuda_home_notice() -> None:
 _silence_cuda_home_notice()
 
 _state: dict[str, object] = {"compiled": None}
+
+#: fake-quant / codes: a tensor of this many elements starts the compiler (16 MiB of float32)
+FUSED_MIN_NUMEL = 1 << 22
+#: fake-quant / codes once compiled, and the moments always: fused from this many elements (4 MiB)
+FUSED_KEEP_NUMEL = 1 << 20
+
+
+def fused_min_numel() -> int:
+    """The size that starts the compiler: ``VITQ_FUSED_MIN_NUMEL``, else :data:`FUSED_MIN_NUMEL`."""
+    v = os.environ.get("VITQ_FUSED_MIN_NUMEL")
+    try:
+        return FUSED_MIN_NUMEL if v is None else int(v)
+    except ValueError:
+        log.warning("VITQ_FUSED_MIN_NUMEL=%r is not an integer; using %d", v, FUSED_MIN_NUMEL)
+        return FUSED_MIN_NUMEL
+
+
+def _eligible(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not x.requires_grad
+
+
+def _quant_kernels(x: torch.Tensor):
+    """The fused fake-quant / codes kernels for ``x``, or ``False`` for the eager ops (see the module
+    docstring: compile for 4 M elements, then use for 1 M)."""
+    if not _eligible(x):
+        return False
+    n, start = x.numel(), fused_min_numel()
+    if n >= start:
+        return _kernels()
+    compiled = _state.get("compiled")
+    return compiled if compiled and n >= min(start, FUSED_KEEP_NUMEL) else False
 
 
 def _eager_fake_quant_into(x, scale, qmin: int, qmax: int, out):
@@ -98,8 +154,8 @@ def _kernels():
 
 
 def _run(which: int, eager, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, out: torch.Tensor):
-    k = _kernels()
-    if not k or x.device.type != "cpu" or x.requires_grad:
+    k = _quant_kernels(x)
+    if not k:
         return eager(x, scale, qmin, qmax, out)
     k[which](x, scale, qmin, qmax, out)
     return out
@@ -137,11 +193,13 @@ def _probe_moments(k) -> bool:
 def sample_moments(o: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample (rows of the 2-D ``o``, ``t``, float32): ``sum(o*t)``, ``sum(o*o)``, ``sum(o)``.
 
-    One fused pass over ``o`` and ``t`` (the eager form reads ``o`` three times). Float32 sums, as the
-    batched matmuls of the eager form; the fused and eager results agree to float rounding, not bits.
+    One fused pass over ``o`` and ``t`` (the eager form reads ``o`` three times) for large ``o``. Float32
+    sums, as the batched matmuls of the eager form; the fused and eager results agree to float rounding,
+    not bits.
     """
-    k = _compile_checked("moments", (_fused_sample_moments,), _probe_moments, "moment kernels")
-    if not k or o.device.type != "cpu" or o.requires_grad:
+    large = _eligible(o) and o.numel() >= min(fused_min_numel(), FUSED_KEEP_NUMEL)  # by size alone: see above
+    k = large and _compile_checked("moments", (_fused_sample_moments,), _probe_moments, "moment kernels")
+    if not k:
         return _eager_sample_moments(o, t)
     return k[0](o, t)
 
