@@ -156,23 +156,14 @@ def fold_layer_scale(linear: nn.Linear, gamma: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def center_linear_output(linear: nn.Linear) -> None:
-    """Subtract the output's per-token channel mean inside the Linear (SliceGPT's ``bake_mean_into_linear``)."""
-    w = linear.weight.double()
-    _set(linear.weight, w - w.mean(dim=0, keepdim=True))
-    if linear.bias is not None:
-        b = linear.bias.double()
-        _set(linear.bias, b - b.mean())
-
-
-@torch.no_grad()
-def center_conv_output(conv: nn.Conv2d) -> None:
-    """The same for a convolution: mean over its output channels (dim 0 of the weight)."""
-    w = conv.weight.double()
-    _set(conv.weight, w - w.mean(dim=0, keepdim=True))
-    if conv.bias is not None:
-        b = conv.bias.double()
-        _set(conv.bias, b - b.mean())
+def center_linear_output(layer: nn.Linear | nn.Conv2d) -> None:
+    """Subtract the output's per-token channel mean inside a Linear or convolution (SliceGPT's
+    ``bake_mean_into_linear``): the mean over output channels, dim 0 of the weight."""
+    w = layer.weight.double()
+    _set(layer.weight, w - w.mean(dim=0, keepdim=True))
+    if layer.bias is not None:
+        b = layer.bias.double()
+        _set(layer.bias, b - b.mean())
 
 
 @torch.no_grad()
@@ -215,7 +206,7 @@ class FoldRecord:
 def fold_layernorms(stream: ResidualStream) -> FoldRecord:
     """Steps 1-3 of the module docstring, in place on ``stream.model``."""
     model, rec = stream.model, FoldRecord()
-    center_conv_output(model.patch_embed.proj)
+    center_linear_output(model.patch_embed.proj)
     for t in stream.tokens:
         center_last_dim(getattr(model, t))
     rec.writers_centred += 1 + len(stream.tokens)
