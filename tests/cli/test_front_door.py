@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VIT_CLI_ARGS, make_tiny_vit
-from PIL import Image
-from safetensors.torch import save_file
+from conftest import TINY_VIT_CLI_ARGS
 
 from vitq.cli import build_parser
 
@@ -128,16 +126,8 @@ def test_no_cuda_filter_keeps_other_records():
     assert logger.filter(make("Error building extension %s"))
 
 
-def test_one_run_logs_each_step_once(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    save_file({k: v.contiguous() for k, v in make_tiny_vit(num_classes=3).state_dict().items()},
-              tmp_path / "w.safetensors")
-    for i in range(6):
-        arr = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
-        (tmp_path / "calib").mkdir(exist_ok=True)
-        Image.fromarray(arr).save(tmp_path / "calib" / f"{i}.png")
-        (tmp_path / "test" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(tmp_path / "test" / f"c{i % 3}" / f"{i}.png")
+def test_one_run_logs_each_step_once(folders):
+    tmp_path = folders  # checkpoint, calib/ and test/ made by the shared fixture
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "vitq", "quantize", *TINY_VIT_CLI_ARGS, "--checkpoint",
                           str(tmp_path / "w.safetensors"), "--calib", str(tmp_path / "calib"), "--eval-data",
