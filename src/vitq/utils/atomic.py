@@ -130,6 +130,14 @@ def apply_umask(path: str | Path, mode: int = 0o666) -> None:
     os.chmod(path, mode & ~current_umask())
 
 
+def _prepare(path: str | Path) -> Path:
+    """Before any write beside ``path``: its parent exists and stale temporaries of killed writes are gone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    return path
+
+
 def _make_temp_dir(path: Path) -> Path:
     while True:
         tmp = temp_name(path, "tmp")
@@ -148,9 +156,7 @@ def atomic_dir(path: str | Path, *, before_replace: Callable[[], None] | None = 
     before the swap (e.g. to check again that ``path`` may be replaced); if it raises, nothing is replaced.
     Stale temporaries of earlier killed writes to ``path`` are removed first (:func:`remove_stale_temps`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    path = _prepare(path)
     tmp = _make_temp_dir(path)
     try:
         yield tmp
@@ -179,9 +185,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary name beside ``path`` (nothing created there yet) for a writer that opens files
     by name (``onnx.save``); on success what it wrote replaces ``path``, on error it is removed. Stale
     temporaries of earlier killed writes to ``path`` are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    path = _prepare(path)
     tmp = temp_name(path, "tmp")
     try:
         yield tmp
@@ -196,9 +200,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def scratch_dir(path: str | Path) -> Iterator[Path]:
     """A scratch directory beside ``path``, named as :func:`atomic_dir` names its temporaries (so a killed
     run's is removed by the next write to ``path``), removed when the block ends."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    path = _prepare(path)
     tmp = _make_temp_dir(path)
     try:
         yield tmp
@@ -210,9 +212,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename.
 
     A new file gets the umask's permissions, an existing one keeps its mode (as ``open(path, "w")``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    path = _prepare(path)
     while True:
         tmp = temp_name(path, "tmp")
         try:
