@@ -129,6 +129,13 @@ class QuantConfig:
             (:mod:`vitq.transforms.rotation`): ``"hadamard"``, ``"hadamard-online"`` (plus an online Hadamard
             before each MLP's fc2) or ``"none"``; ``None`` takes the recipe's choice (``rtn-rot``,
             ``liu2021-rot``: hadamard). Seeded by ``seed``.
+        recon_iters: block reconstruction steps per unit (:mod:`vitq.calibration.reconstruction`); ``0``
+            turns a recipe's reconstruction off, ``None`` takes the recipe's, another value adds it (with
+            the default settings of :class:`vitq.recipes.Reconstruction`) to any recipe.
+        search_images: the interval search (and GPTQ) sees only the first this many calibration images,
+            rounded up to whole batches of ``batch_size``; block reconstruction and the LayerNorm
+            transforms see them all. ``None``: all. Reconstruction wants hundreds to thousands of
+            images, the search a few dozen.
     """
 
     w_bits: int = 8
@@ -157,6 +164,8 @@ class QuantConfig:
     fully_quantized: bool = False
     weight_rounding: str | None = None
     rotation: str | None = None
+    recon_iters: int | None = None
+    search_images: int | None = None
     plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -196,6 +205,12 @@ class QuantConfig:
         if self.rotation is not None and self.rotation not in CONFIG_ROTATIONS:
             raise ConfigError(f"rotation={self.rotation!r}: choose one of {', '.join(CONFIG_ROTATIONS)} or null "
                               "(the recipe's choice)")
+        if self.recon_iters is not None and (isinstance(self.recon_iters, bool) or not isinstance(self.recon_iters, int)
+                                             or self.recon_iters < 0):
+            raise ConfigError(f"recon_iters={self.recon_iters!r} must be an integer >= 0 or null (the recipe's)")
+        if self.search_images is not None and (isinstance(self.search_images, bool)
+                                               or not isinstance(self.search_images, int) or self.search_images < 1):
+            raise ConfigError(f"search_images={self.search_images!r} must be a positive integer or null (all images)")
         recipe.resolve(self)  # flag / recipe conflicts
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported (this vitq writes {CONFIG_VERSION} "

@@ -16,7 +16,7 @@ REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "t
             "calib_seconds", "num_calib", "num_test", "command")
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "mixed_precision", "num_calib", "num_test", "mp_method",
               "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax",
-              "weight_rounding", "rotation")
+              "weight_rounding", "rotation", "recon_iters")
 
 
 def row_key(row: dict) -> tuple:

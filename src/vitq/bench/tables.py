@@ -20,7 +20,8 @@ ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes"
 
 
 # weight_rounding / rotation: set only where a flag changed the recipe's own (Recipe.row_fields)
-VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding", "rotation")
+VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding", "rotation",
+                  "recon_iters")
 ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
 COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
 # The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
@@ -61,6 +62,8 @@ def _variant_label(row: dict) -> str:
         label += f", {row['weight_rounding']} weight rounding"
     if row.get("rotation"):
         label += f", rotation {row['rotation']}"
+    if row.get("recon_iters") is not None:
+        label += f", reconstruction {row['recon_iters']} steps"
     return label
 
 

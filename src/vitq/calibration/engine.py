@@ -29,12 +29,13 @@ from vitq.calibration.checkpoint import (
 )
 from vitq.calibration.gptq import apply_gptq
 from vitq.calibration.preparation import UnitPreparation
+from vitq.calibration.reconstruction import reconstruct_unit
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.info import get_quant_info
 from vitq.models.base import adapter_by_name
-from vitq.nn.qops import QuantOp, quant_ops
+from vitq.nn.qops import QuantOp, quant_ops, quantization_disabled
 from vitq.quantizers.base import SearchableQuantizer
 from vitq.recipes import SearchSpec, get_recipe
 
@@ -47,6 +48,8 @@ class CalibrationReport:
     num_images: int
     seconds: float = 0.0
     ops: list[OpCalibrationResult] = field(default_factory=list)
+    #: block reconstruction per unit (recipes with ``reconstruction``): output error before / after
+    units: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -54,6 +57,7 @@ class CalibrationReport:
             "num_images": self.num_images,
             "seconds": self.seconds,
             "ops": [vars(o) for o in self.ops],
+            "units": list(self.units),
         }
 
 
@@ -192,7 +196,10 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     fp = fingerprint(model, config, batches, info.model_spec) if ckpt is not None else None  # before any change
     searches = {name: op_search_spec(config, recipe.search, name) for name in ops}
     # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
-    prep = UnitPreparation.build(model, config, recipe, searches, batches, info.forward)
+    # (the Hessian objective's output gradients on the images the search sees)
+    prep = UnitPreparation.build(model, config, recipe, searches,
+                                 [a[0] for a, _ in _first_images([((b,), {}) for b in batches], config.search_images)],
+                                 info.forward)
     for op in ops.values():
         op.set_enabled(False)
     units = adapter.calibration_units(model)
@@ -221,11 +228,12 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
         if prep is not None:
             prep.before_unit(uname, unit, inputs, unit_ops)
+        search_inputs = _first_images(inputs, config.search_images)
         for name, calls in _op_call_order(unit, inputs, unit_ops).items():
             op = unit_ops[name]
             bar.set_postfix_str(name)
             t_op = time.perf_counter()
-            op_data = _collect_op_data(unit, inputs, op, name, calls)
+            op_data = _collect_op_data(unit, search_inputs, op, name, calls)
             if prep is not None:
                 prep.update_op_data(name, op_data)
             spec = searches[name]
@@ -247,6 +255,14 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             op.set_enabled(True)
             log.debug("calibrated %s in %.2fs: loss %s -> %s", name, time.perf_counter() - t_op, res.loss_start, res.loss_end)
             del op_data
+        if recipe.reconstruction is not None and recipe.reconstruction.iters > 0:
+            bar.set_postfix_str(f"{uname} (reconstruction)")
+            with quantization_disabled(model):
+                float_inputs = capture_unit_inputs(model, unit, batches, info.forward)
+            res = reconstruct_unit(uname, unit, unit_ops, inputs, float_inputs, recipe.reconstruction,
+                                   seed=config.seed * 1_000_003 + ui, batch_size=config.batch_size)
+            report.units.append(vars(res))
+            del float_inputs
         nxt = units[ui + 1][0] if ui + 1 < len(units) else None
         if nxt is not None and _is_chained(model, uname, nxt):
             inputs = [((out,), {}) for out in run_unit(unit, inputs)]
@@ -269,6 +285,20 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     log.info("calibrated %d ops with %s on %d images in %.1fs", len(report.ops), config.method,
              report.num_images, report.seconds)
     return report
+
+
+def _first_images(inputs: list, limit: int | None) -> list:
+    """The first batches of ``inputs`` holding at least ``limit`` images (all of them for ``None``)."""
+    if limit is None:
+        return inputs
+    out, n = [], 0
+    for args, kwargs in inputs:
+        if n >= limit:
+            break
+        out.append((args, kwargs))
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        n += first.shape[0] if first is not None else 1
+    return out
 
 
 def _chained_tensors(inputs) -> list[torch.Tensor] | None:

@@ -34,6 +34,14 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
                    help="round weights onto the searched grid to nearest or by GPTQ (Frantar et al. 2023) "
                         "(default: the method's; gptq for gptq and liu2021-gptq)")
 
+    g = p.add_argument_group("block reconstruction (BRECQ/QDrop-style, composes with any --method)")
+    g.add_argument("--recon-iters", type=int, default=None, metavar="N",
+                   help="learn each block's weight rounding and activation intervals for N Adam steps after "
+                        "its search; 0 turns a recipe's reconstruction off (default: the method's)")
+    g.add_argument("--search-images", type=int, default=None, metavar="N",
+                   help="the interval search sees only the first N calibration images (reconstruction sees "
+                        "all; default: all)")
+
     r = p.add_argument_group("rotation (QuaRot-style, compose with any --method without LayerNorm transforms)")
     r.add_argument("--rotation", choices=CONFIG_ROTATIONS, default=None,
                    help="fold the LayerNorms and rotate the residual stream by a randomized Hadamard matrix "
@@ -45,7 +53,7 @@ def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
                                                   "optm_softmax", "fully_quantized", "weight_rounding",
-                                                  "rotation")}
+                                                  "rotation", "recon_iters", "search_images")}
 
 
 def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:

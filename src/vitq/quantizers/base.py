@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from vitq.quantizers.grid import coarse_to_fine
-from vitq.quantizers.uniform import check_bits
+from vitq.quantizers.uniform import check_bits, straight_through
 
 LossFn = Callable[[torch.Tensor], float]
 
@@ -65,6 +65,10 @@ class SearchableQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
+        if torch.is_grad_enabled() and x.requires_grad:  # block reconstruction: straight-through, values unchanged
+            with torch.no_grad():
+                value = self.fake_quant_with(x, self.scale)
+            return straight_through(x, value)
         return self.fake_quant_with(x, self.scale)
 
     def fake_quant_with(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,29 @@ def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``value`` forward, the identity gradient to ``x`` backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (exactly), with gradients flowing to ``x`` as if the map were the identity: how a
+    rounding step is differentiated while reconstructing a block (:mod:`vitq.calibration.reconstruction`)."""
+    return _StraightThrough.apply(x, value.detach())
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``torch.round(x)`` with the straight-through gradient."""
+    return straight_through(x, torch.round(x.detach()))
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
     """Integer codes of Eq. 8 as a float tensor holding integers (exact up to 2^24).
 
@@ -45,10 +68,14 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool 
     """Quantize then dequantize: ``Psi_Delta(x) * Delta`` (Eq. 8-9).
 
     Without autograd the result is computed in one buffer (one allocation instead of four); the values
-    are the same as ``quantize(x, scale, bits, signed) * scale``.
+    are the same as ``quantize(x, scale, bits, signed) * scale``. With autograd (``x`` or ``scale``
+    requiring grad) the rounding passes gradients straight through and the clamp stops them outside
+    the range, so both
+    ``x`` and ``scale`` get the LSQ gradients (Esser et al. 2020); the values are the same.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return quantize(x, scale, bits, signed) * scale
+    if torch.is_grad_enabled() and (x.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)):
+        qmin, qmax = qrange(bits, signed)
+        return round_ste(torch.clamp(x / scale, qmin, qmax)) * scale  # = clamp(round(.)): integer bounds
     qmin, qmax = qrange(bits, signed)
     return torch.div(x, scale).round_().clamp_(qmin, qmax).mul_(scale)
 

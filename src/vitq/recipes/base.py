@@ -99,6 +99,54 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class Reconstruction:
+    """Block reconstruction after a unit's interval search (BRECQ, Li et al. ICLR 2021; QDrop, Wei et al.
+    ICLR 2022; executed by :mod:`vitq.calibration.reconstruction`).
+
+    Per calibration unit (a transformer block, the patch embedding), the weights' rounding (AdaRound,
+    Nagel et al. ICML 2020) and the per-tensor uniform activation intervals (LSQ, Esser et al. ICLR
+    2020) are learned with Adam by minimising the unit's output error against the float unit's output
+    on the float inputs, starting from the searched intervals.
+
+    Attributes:
+        iters: Adam steps per unit (BRECQ/QDrop: 20,000; a few hundred suffice on small units).
+        batch_size: calibration images per step.
+        lr_rounding: Adam learning rate of the rounding variables.
+        lr_scale: Adam learning rate of each activation interval, relative to the interval's value
+            (0 keeps the searched intervals).
+        round_weight: lambda, the weight of AdaRound's rounding regulariser.
+        beta: the regulariser's temperature, annealed from the first value to the second.
+        warmup: fraction of the steps without the regulariser.
+        drop_prob: QDrop's probability of feeding an input element in float instead of quantized
+            (0: the quantized inputs only, as BRECQ).
+        learn_rounding: learn the weights' rounding (else they stay rounded to nearest).
+    """
+
+    iters: int = 500
+    batch_size: int = 16
+    lr_rounding: float = 1e-2
+    lr_scale: float = 1e-3
+    round_weight: float = 0.01
+    beta: tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    drop_prob: float = 0.5
+    learn_rounding: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.iters, int) or self.iters < 0:
+            raise ConfigError(f"reconstruction iters={self.iters!r} must be an integer >= 0")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"reconstruction batch_size={self.batch_size!r} must be a positive integer")
+        if self.lr_rounding <= 0 or self.lr_scale < 0 or self.round_weight < 0:
+            raise ConfigError("reconstruction lr_rounding must be > 0, lr_scale and round_weight >= 0")
+        if not 0 <= self.warmup < 1 or not 0 <= self.drop_prob <= 1:
+            raise ConfigError(f"reconstruction warmup={self.warmup} must lie in [0, 1), "
+                              f"drop_prob={self.drop_prob} in [0, 1]")
+        if len(self.beta) != 2 or min(self.beta) <= 0:
+            raise ConfigError(f"reconstruction beta={self.beta!r} must be two positive numbers (start, end)")
+
+
+@dataclass(frozen=True)
 class Quantizers:
     """The quantizer kind of each activation role whose quantizer a recipe may change.
 
@@ -144,6 +192,7 @@ class Recipe:
         weight_rounding: how weights are rounded onto the searched grid: ``"nearest"`` (Eq. 8) or
             ``"gptq"`` (Frantar et al. 2023: column by column with error feedback through the inverse
             Hessian of the op's inputs, :mod:`vitq.calibration.gptq`), right after each op's search.
+        reconstruction: ``None``, or block reconstruction after each unit's search (:class:`Reconstruction`).
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
         peer: ``vitq bench --peers`` adds it to the methods (the comparison table's rows).
@@ -161,6 +210,7 @@ class Recipe:
     rotation: str | None = None
     per_channel_weights: bool = False
     weight_rounding: str = "nearest"
+    reconstruction: Reconstruction | None = None
     family: str = ""
     table: bool = False
     ablation: bool = False
@@ -176,6 +226,9 @@ class Recipe:
         if len(self.transforms) > 1:
             raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
         check_weight_rounding(self.weight_rounding, f"recipe {self.name!r}: weight_rounding")
+        if self.reconstruction is not None and self.reconstruction.learn_rounding and self.weight_rounding == "gptq":
+            raise ConfigError(f"recipe {self.name!r}: reconstruction learns the weight rounding (AdaRound) from "
+                              "the float weights; weight_rounding='gptq' would be overwritten: use one of them")
         if self.rotation not in ROTATIONS:
             raise ConfigError(f"recipe {self.name!r}: rotation={self.rotation!r}: choose one of "
                               f"{', '.join(map(str, ROTATIONS))}")
@@ -233,8 +286,11 @@ class Recipe:
         rotation = self.rotation
         if config.rotation is not None:
             rotation = None if config.rotation == "none" else config.rotation
+        recon = self.reconstruction
+        if config.recon_iters is not None:
+            recon = None if config.recon_iters == 0 else replace(recon or Reconstruction(), iters=config.recon_iters)
         return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
-                       weight_rounding=rounding, rotation=rotation)
+                       weight_rounding=rounding, rotation=rotation, reconstruction=recon)
 
     def row_fields(self, config: QuantConfig) -> dict:
         """Results-row fields naming the quantizer and transform choices (empty for plain recipes), and
@@ -245,6 +301,8 @@ class Recipe:
             d["weight_rounding"] = self.weight_rounding
         if registered is not None and self.rotation != registered.rotation:
             d["rotation"] = self.rotation or "none"
+        if registered is not None and self.reconstruction != registered.reconstruction:
+            d["recon_iters"] = 0 if self.reconstruction is None else self.reconstruction.iters
         if self.is_plain:
             return d
         if self.smoothing is not None:

@@ -1,0 +1,220 @@
+"""Block reconstruction (BRECQ, Li et al. ICLR 2021; QDrop, Wei et al. ICLR 2022), after a unit's search.
+
+The interval search chooses each op's grid alone; reconstruction then tunes the whole unit (a
+transformer block, the patch embedding) against the float unit:
+
+- **weights' rounding** (AdaRound, Nagel et al. ICML 2020): every weight of a Linear / Conv takes
+  ``floor(W/s) + h(V)`` on its searched grid ``s``, with ``h`` a rectified sigmoid in [0, 1] initialised
+  at the weight's fractional part (so training starts at the float weight); a regulariser
+  ``lambda * sum(1 - |2h - 1|^beta)``, with ``beta`` annealed from 20 to 2 after a warm-up, drives every
+  ``h`` to 0 or 1; at the end each weight is rounded up where ``h >= 1/2`` and written back on its grid.
+- **activation intervals** (LSQ, Esser et al. ICLR 2020): each per-tensor uniform activation interval
+  of the unit (Linear inputs, both operands of the attention products) is a learned value, the
+  rounding differentiated straight through (:func:`vitq.quantizers.uniform.fake_quantize`); the other
+  quantizer kinds keep their searched state and pass gradients straight through.
+- **objective**: ``|f_q(x) - f(x_float)|^2`` summed over features, averaged over tokens, where ``f`` is the
+  float unit on the float model's inputs to it (BRECQ's target) and ``x`` mixes, element by element, the
+  quantized model's inputs with the float ones (QDrop's drop probability ``p``; ``p = 0`` is BRECQ).
+
+Adam over ``iters`` steps of ``batch_size`` calibration images, with a seeded generator for the batch
+and drop samples, so one seed gives one result. The unit's output error on all calibration images is
+measured before and after; if reconstruction made it worse, the searched state is put back (never
+worse than the search on the calibration set).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from vitq.errors import VitqError
+from vitq.nn.qops import QuantOp, quantization_disabled
+from vitq.quantizers.uniform import UniformQuantizer
+from vitq.recipes import Reconstruction
+
+log = logging.getLogger(__name__)
+
+#: AdaRound's stretch of the sigmoid: h = clamp(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1)
+ZETA, GAMMA = 1.1, -0.1
+
+
+class AdaRoundWeight(nn.Module):
+    """An op's weight quantizer while its unit is reconstructed: codes ``floor(W/s) + h(V)`` on the grid of
+    the wrapped :class:`UniformQuantizer` (whose ``scale`` stays fixed); see the module docstring."""
+
+    def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor):
+        super().__init__()
+        self.quantizer = quantizer
+        with torch.no_grad():
+            x = weight.detach() / quantizer.broadcast_scale(weight)
+            floor = torch.floor(x)
+            p = ((x - floor - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("floor", floor)
+        self.v = nn.Parameter(torch.log(p / (1 - p)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.quantizer.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.quantizer.enabled = value
+
+    def soft(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def _weight(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        q = self.quantizer
+        return torch.clamp(self.floor + up, q.qmin, q.qmax) * q.broadcast_scale(w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self._weight(w, self.soft())
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.soft() - 1).abs().pow(beta)).sum()
+
+    @torch.no_grad()
+    def hard_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight on its grid with the learned rounding (up where ``h >= 1/2``)."""
+        return self._weight(w, (self.v >= 0).to(w.dtype))
+
+
+@dataclass
+class ReconstructionResult:
+    """One unit's reconstruction: its output error on the calibration images before and after."""
+
+    unit: str
+    loss_before: float
+    loss_after: float
+    iters: int
+    seconds: float
+    weights: int = 0
+    intervals: int = 0
+    kept: bool = True
+
+
+def _stack(inputs, unit: str) -> torch.Tensor:
+    if not all(len(a) == 1 and not k and isinstance(a[0], torch.Tensor) for a, k in inputs):
+        raise VitqError(f"block reconstruction needs calibration units whose forward takes one tensor; unit "
+                        f"{unit!r} is called with other arguments: turn reconstruction off (recon_iters=0)")
+    return torch.cat([a[0] for a, _ in inputs])
+
+
+def _tensor_out(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BRECQ's reconstruction loss: squared error summed over features, averaged over everything else."""
+    return (out - target).pow(2).flatten(1).sum(1).mean() if out.dim() <= 2 else \
+        (out - target).pow(2).sum(-1).mean()
+
+
+@torch.no_grad()
+def _outputs(unit: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([_tensor_out(unit(x[i: i + batch])) for i in range(0, x.shape[0], batch)])
+
+
+@torch.no_grad()
+def _loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+    total = 0.0
+    for i in range(0, x.shape[0], batch):
+        out = _tensor_out(unit(x[i: i + batch]))
+        total += float(_error(out, target[i: i + batch])) * out.shape[0]
+    return total / x.shape[0]
+
+
+def _learned_intervals(unit_ops: dict[str, QuantOp]) -> list[UniformQuantizer]:
+    """The unit's per-tensor uniform activation quantizers in use: Linear / Conv inputs, both matmul operands."""
+    found: list[UniformQuantizer] = []
+    for op in unit_ops.values():
+        qa, qb = op.quantizers()
+        for q in (qa,) if op.has_weight else (qa, qb):
+            if type(q) is UniformQuantizer and q.axis is None and q.enabled and q not in found:
+                found.append(q)
+    return found
+
+
+def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], inputs, float_inputs,
+                     spec: Reconstruction, *, seed: int, batch_size: int = 32) -> ReconstructionResult:
+    """Reconstruct one calibrated unit in place (see the module docstring).
+
+    Args:
+        name: the unit's qualified name (messages, the result).
+        unit: the unit, its ops calibrated and enabled.
+        unit_ops: its quantized ops by name.
+        inputs: the unit's inputs in the quantized model, ``[((x,), {}), ...]`` per calibration batch.
+        float_inputs: the same from the float model.
+        spec: the recipe's reconstruction settings.
+        seed: seeds the batch and drop samples.
+        batch_size: forward batch size of the before/after measurements.
+    """
+    t0 = time.perf_counter()
+    x_q, x_f = _stack(inputs, name), _stack(float_inputs, name)
+    with quantization_disabled(unit):
+        target = _outputs(unit, x_f, batch_size)
+    before = _loss(unit, x_q, target, batch_size)
+    intervals = _learned_intervals(unit_ops) if spec.lr_scale > 0 else []
+    saved = {k: v.clone() for k, v in unit.state_dict().items()}
+    rounding: dict[str, AdaRoundWeight] = {}
+    if spec.learn_rounding:
+        for n, op in unit_ops.items():
+            qw = op.quantizers()[1]
+            if op.has_weight and type(qw) is UniformQuantizer and qw.enabled and getattr(op, "weight_quantizer", None) is qw:
+                rounding[n] = AdaRoundWeight(qw, op.weight)
+    if spec.iters == 0 or not (rounding or intervals):
+        return ReconstructionResult(name, before, before, 0, time.perf_counter() - t0)
+    flags = {p: p.requires_grad for p in unit.parameters()}
+    groups = [{"params": [r.v for r in rounding.values()], "lr": spec.lr_rounding}] if rounding else []
+    groups += [{"params": [q.scale], "lr": spec.lr_scale * float(q.scale)} for q in intervals]
+    gen = torch.Generator().manual_seed(seed)
+    n, start_reg = x_q.shape[0], int(spec.warmup * spec.iters)
+    try:
+        for p in unit.parameters():
+            p.requires_grad_(False)
+        for n_op, r in rounding.items():
+            unit_ops[n_op].weight_quantizer = r
+        for q in intervals:
+            q.scale.requires_grad_(True)
+        opt = torch.optim.Adam(groups)
+        with torch.enable_grad():
+            for it in range(spec.iters):
+                idx = torch.randint(n, (min(spec.batch_size, n),), generator=gen)
+                x = x_q[idx]
+                if spec.drop_prob > 0:
+                    x = torch.where(torch.rand(x.shape, generator=gen) < spec.drop_prob, x_f[idx], x)
+                loss = _error(_tensor_out(unit(x)), target[idx])
+                if rounding and it >= start_reg:
+                    t = (it - start_reg) / max(1, spec.iters - start_reg)
+                    beta = spec.beta[1] + (spec.beta[0] - spec.beta[1]) * (1 - t)
+                    loss = loss + spec.round_weight * sum(r.regularizer(beta) for r in rounding.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for q in intervals:
+                        q.scale.clamp_(min=torch.finfo(torch.float32).tiny * 1e6)
+    finally:
+        for q in intervals:
+            q.scale.requires_grad_(False)
+        with torch.no_grad():
+            for n_op, r in rounding.items():
+                op = unit_ops[n_op]
+                op.weight_quantizer = r.quantizer
+                op.weight.copy_(r.hard_weight(op.weight))
+        for p, f in flags.items():
+            p.requires_grad_(f)
+    after = _loss(unit, x_q, target, batch_size)
+    kept = after <= before
+    if not kept:  # the search's state was better on the calibration set: put it back
+        unit.load_state_dict(saved)
+        log.info("reconstruction of %s raised its output error (%.4g -> %.4g); kept the searched state",
+                 name, before, after)
+    result = ReconstructionResult(name, before, after if kept else before, spec.iters, time.perf_counter() - t0,
+                                  weights=len(rounding), intervals=len(intervals), kept=kept)
+    log.debug("reconstructed %s in %.1fs: output error %.4g -> %.4g", name, result.seconds, before, after)
+    return result
