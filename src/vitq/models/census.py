@@ -29,6 +29,11 @@ from vitq.nn.qops import QuantMatMul, QuantOp
 CONVS = {F.conv1d: "conv1d", F.conv2d: "conv2d", F.conv3d: "conv3d", F.conv_transpose1d: "conv_transpose1d",
          F.conv_transpose2d: "conv_transpose2d", F.conv_transpose3d: "conv_transpose3d"}
 LINEAR_TYPES = (nn.Linear,)
+#: the leading positional parameters of ``F.multi_head_attention_forward``
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+             "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight")
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -97,6 +102,15 @@ class _CensusMode(TorchFunctionMode):
         elif func is SDPA:
             name = self.stack[-1][0] if self.stack else ""
             c.attn_float[name] = c.attn_float.get(name, 0) + 2
+        elif func is F.multi_head_attention_forward:  # torch's nn.MultiheadAttention: one opaque call
+            name = self.stack[-1][0] if self.stack else ""
+            c.attn_float[name] = c.attn_float.get(name, 0) + 2
+            bound = {**dict(zip(_MHA_ARGS, args)), **kwargs}
+            in_proj = [bound.get("in_proj_weight")] if not bound.get("use_separate_proj_weight") else \
+                [bound.get(k) for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+            for i, w in enumerate(in_proj):
+                c.linears.setdefault(f"{name or '(root)'}: in_proj{'' if len(in_proj) == 1 else i}", False)
+            self._record(c.linears, "linear", bound.get("out_proj_weight"), "linear")
         elif func in MATMULS or func is torch.einsum:
             if func is torch.einsum:
                 ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])

@@ -125,10 +125,25 @@ def install_capture(model: nn.Module, hosts: list[str], spec_for, data_config: D
 
 
 def partition_units(model: nn.Module, data_config: DataConfig) -> list[str]:
-    """The calibration units of a swapped model: the largest modules holding quantized ops and at most one
-    attention module, in the order the forward first calls them (see the module docstring)."""
+    """The calibration units of a swapped model: the largest modules the forward calls that hold quantized
+    ops and at most one attention module, in the order the forward first calls them (module docstring).
+    Containers the forward never calls itself (``nn.ModuleList``) are split into their members."""
     ops = list(quant_ops(model))
     attn = [n for n, m in model.named_modules() if isinstance(m, QuantAttentionMixin)]
+    first: dict[str, int] = {}
+
+    def seen(name: str):
+        def hook(*_):  # returns None: a pre-hook's return value would replace the module's inputs
+            first.setdefault(name, len(first))
+        return hook
+
+    handles = [m.register_forward_pre_hook(seen(n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            _forward(model, example_images(data_config))
+    finally:
+        for h in handles:
+            h.remove()
 
     def under(n: str, prefix: str) -> bool:
         return not prefix or n == prefix or n.startswith(prefix + ".")
@@ -136,33 +151,17 @@ def partition_units(model: nn.Module, data_config: DataConfig) -> list[str]:
     def visit(prefix: str, module: nn.Module) -> list[str]:
         if not any(under(n, prefix) for n in ops):
             return []
-        if prefix and (isinstance(module, QuantOp) or sum(under(a, prefix) for a in attn) <= 1):
+        if prefix and prefix in first and (isinstance(module, QuantOp) or sum(under(a, prefix) for a in attn) <= 1):
             return [prefix]
+        if isinstance(module, QuantOp):
+            raise VitqError(f"{type(model).__name__}: quantized op {prefix} is never called by the forward; "
+                            "vitq cannot calibrate it")
         out = []
         for cname, child in module.named_children():
             out += visit(f"{prefix}.{cname}" if prefix else cname, child)
         return out
 
-    units = visit("", model)
-    first: dict[str, int] = {}
-
-    def seen(u: str):
-        def hook(*_):  # returns None: a pre-hook's return value would replace the module's inputs
-            first.setdefault(u, len(first))
-        return hook
-
-    handles = [model.get_submodule(u).register_forward_pre_hook(seen(u)) for u in units]
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            _forward(model, example_images(data_config))
-    finally:
-        for h in handles:
-            h.remove()
-    never = [u for u in units if u not in first]
-    if never:
-        raise VitqError(f"{type(model).__name__}: modules {never} hold quantized ops but the forward never calls "
-                        "them; vitq cannot calibrate them")
-    return sorted(units, key=first.__getitem__)
+    return sorted(visit("", model), key=first.__getitem__)
 
 
 @register_adapter
