@@ -86,7 +86,7 @@ ENTRIES: tuple[ZooEntry, ...] = (
              notes="relative position bias; q/v bias outside the qkv Linear (F.linear)"),
     ZooEntry("eva02", "timm", "eva02_tiny_patch14_224", _vit(patch_size=7, img_size=28), fast=True,
              notes="rotary embeddings, SwiGLU"),
-    ZooEntry("cait", "timm", "cait_xxs24_224", _vit(depth=2), fast=True,
+    ZooEntry("cait", "timm", "cait_xxs24_224", _vit(depth=2),
              notes="talking-heads attention, class attention, LayerScale"),
     ZooEntry("xcit", "timm", "xcit_nano_12_p16_224", {"img_size": 32, "patch_size": 16, "embed_dim": 48,
                                                         "depth": 2, "num_heads": 2, "num_classes": 10},
@@ -98,9 +98,10 @@ ENTRIES: tuple[ZooEntry, ...] = (
                                                    "inner_dim": 12, "depth": 2, "num_heads_outer": 2,
                                                    "num_heads_inner": 2, "num_classes": 10},
              notes="inner (pixel) and outer (patch) attention"),
-    ZooEntry("crossvit", "timm", "crossvit_tiny_240", {"img_size": 96, "embed_dim": (24, 48), "depth": ((1, 1, 0),),
-                                                        "num_heads": (2, 2), "mlp_ratio": (2, 2, 1),
-                                                        "num_classes": 10}, input_size=(3, 96, 96),
+    ZooEntry("crossvit", "timm", "crossvit_tiny_240", {"img_size": 48, "img_scale": (1.0, 1.0), "embed_dim": (24, 48),
+                                                        "depth": ((1, 1, 0),), "num_heads": (2, 2),
+                                                        "mlp_ratio": (2, 2, 1), "num_classes": 10},
+             input_size=(3, 48, 48),
              notes="two branches, cross attention"),
     ZooEntry("samvit", "timm", "samvit_base_patch16", {"img_size": 64, "patch_size": 16, "embed_dim": 48,
                                                         "depth": 2, "num_heads": 2, "num_classes": 10,
@@ -130,9 +131,9 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry("volo", "timm", "volo_d1_224", {"img_size": 64, "num_classes": 10, "layers": (1, 1, 1, 1),
                                              "embed_dims": (32, 48, 48, 48), "num_heads": (1, 2, 2, 2)},
              cls="timm.models.volo:VOLO", input_size=(3, 64, 64),
-             notes="outlook attention, class attention"),
+             notes="outlook attention, class attention; ONNX: nn.Fold needs opset 18 (Col2Im)"),
     ZooEntry("gcvit", "timm", "gcvit_xxtiny", {"img_size": 64, "num_classes": 10, "depths": (1, 1, 1, 1),
-                                               "num_heads": (1, 2, 2, 4), "embed_dim": 16, "window_ratio": (2, 2, 2, 1)},
+                                               "num_heads": (1, 2, 2, 4), "embed_dim": 16, "window_size": (4, 4, 4, 2)},
              cls="timm.models.gcvit:GlobalContextVit", input_size=(3, 64, 64),
              notes="global query attention; conv stem and downsampling"),
     ZooEntry("maxvit", "timm", "maxvit_nano_rw_256", {"img_size": 64, "num_classes": 10}, input_size=(3, 64, 64),
@@ -155,7 +156,7 @@ ENTRIES: tuple[ZooEntry, ...] = (
              _hf(use_relative_position_bias=True), config="Data2VecVisionConfig"),
     ZooEntry("dinov2-registers", "hf", "Dinov2WithRegistersForImageClassification",
              _hf(num_register_tokens=4, patch_size=4, image_size=16), config="Dinov2WithRegistersConfig",
-             fast=True, notes="register tokens, LayerScale"),
+             notes="register tokens, LayerScale"),
     ZooEntry("swin", "hf", "SwinForImageClassification", _HF_SWIN, config="SwinConfig"),
     ZooEntry("swinv2", "hf", "Swinv2ForImageClassification", _HF_SWIN, config="Swinv2Config",
              notes="cosine attention, continuous position bias"),
@@ -167,7 +168,7 @@ ENTRIES: tuple[ZooEntry, ...] = (
                                              "mask_ratio": 0.0},
              config="ViTMAEConfig", notes="encoder called with noise=arange (patch order kept, nothing masked)"),
     ZooEntry("yolos", "hf", "YolosForObjectDetection", {**_hf(), "image_size": [32, 32], "num_detection_tokens": 5},
-             config="YolosConfig", notes="detection tokens; logits of the class head"),
+             config="YolosConfig", fast=True, notes="detection tokens; logits of the class head"),
 )
 
 
@@ -225,6 +226,11 @@ def build(entry: ZooEntry, seed: int = 0) -> nn.Module:
         dc = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
         x = torch.randn(8, *dc.input_size, generator=torch.Generator().manual_seed(seed + 7))
         std = _logits(model, x).std().item()
+        if std < 1e-6:  # a zero-initialised head (Hiera): random weights first
+            with torch.no_grad():
+                for head in heads:
+                    head.weight.normal_(0.0, 0.02)
+            std = _logits(model, x).std().item()
         with torch.no_grad():
             for head in heads:
                 head.weight.mul_(1.0 / std)
@@ -298,15 +304,22 @@ def _export_row(q: nn.Module, test: torch.Tensor, sim: torch.Tensor) -> dict:
     from vitq.export.onnx_export import export_onnx
     from vitq.export.ort_runtime import OrtModel
 
+    extra: dict = {}
     try:
         with tempfile.TemporaryDirectory() as d:
-            path = export_onnx(q, Path(d) / "model.onnx", example=test[:2])
+            try:
+                path = export_onnx(q, Path(d) / "model.onnx", example=test[:2])
+            except Exception as e:  # noqa: BLE001 (an op that needs a newer opset: Col2Im of nn.Fold is opset 18)
+                if "version 18" not in str(e):
+                    raise
+                path = export_onnx(q, Path(d) / "model.onnx", example=test[:2], opset=18)
+                extra["opset"] = 18
             ort = OrtModel(path, threads=1)(test).float().reshape(sim.shape)
     except Exception as e:  # noqa: BLE001
         return {"export_ok": False, "export_error": f"{type(e).__name__}: {str(e)[:300]}"}
     rows_ort, rows_sim = ort.reshape(-1, ort.shape[-1]), sim.reshape(-1, sim.shape[-1])
     s = sqnr_db(sim, ort)
-    return {"export_ok": True, "ort_sqnr_db": None if math.isinf(s) else round(s, 2),
+    return {**extra, "export_ok": True, "ort_sqnr_db": None if math.isinf(s) else round(s, 2),
             "ort_agreement": round((rows_ort.argmax(-1) == rows_sim.argmax(-1)).float().mean().item(), 4)}
 
 
