@@ -131,7 +131,8 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry("volo", "timm", "volo_d1_224", {"img_size": 64, "num_classes": 10, "layers": (1, 1, 1, 1),
                                              "embed_dims": (32, 48, 48, 48), "num_heads": (1, 2, 2, 2)},
              cls="timm.models.volo:VOLO", input_size=(3, 64, 64),
-             notes="outlook attention, class attention; ONNX: nn.Fold needs opset 18 (Col2Im)"),
+             notes="outlook attention, class attention; ONNX: nn.Fold needs opset 18 (Col2Im), where the export "
+                   "fails (see export_error)"),
     ZooEntry("gcvit", "timm", "gcvit_xxtiny", {"img_size": 64, "num_classes": 10, "depths": (1, 1, 1, 1),
                                                "num_heads": (1, 2, 2, 4), "embed_dim": 16, "window_size": (4, 4, 4, 2)},
              cls="timm.models.gcvit:GlobalContextVit", input_size=(3, 64, 64),
@@ -156,14 +157,16 @@ ENTRIES: tuple[ZooEntry, ...] = (
              _hf(use_relative_position_bias=True), config="Data2VecVisionConfig"),
     ZooEntry("dinov2-registers", "hf", "Dinov2WithRegistersForImageClassification",
              _hf(num_register_tokens=4, patch_size=4, image_size=16), config="Dinov2WithRegistersConfig",
-             notes="register tokens, LayerScale"),
+             notes="register tokens, LayerScale; ONNX: HF interpolates the position embeddings whenever it is "
+                   "traced, with antialiased bicubic (aten::_upsample_bicubic2d_aa), which has no ONNX op"),
     ZooEntry("swin", "hf", "SwinForImageClassification", _HF_SWIN, config="SwinConfig"),
     ZooEntry("swinv2", "hf", "Swinv2ForImageClassification", _HF_SWIN, config="Swinv2Config",
              notes="cosine attention, continuous position bias"),
     ZooEntry("clip", "hf", "CLIPVisionModel", {k: v for k, v in _hf().items() if k != "num_labels"},
              config="CLIPVisionConfig", fast=True, notes="pooled output (no classifier)"),
     ZooEntry("siglip", "hf", "SiglipVisionModel", {k: v for k, v in _hf().items() if k != "num_labels"},
-             config="SiglipVisionConfig", notes="pooled output through the MAP head (torch MultiheadAttention)"),
+             config="SiglipVisionConfig", notes="pooled output through the MAP head, whose torch nn.MultiheadAttention "
+             "(in_proj, out_proj, its two products) vitq does not capture yet: named in the warning, left float"),
     ZooEntry("vitmae", "hf", "ViTMAEModel", {**{k: v for k, v in _hf().items() if k != "num_labels"},
                                              "mask_ratio": 0.0},
              config="ViTMAEConfig", notes="encoder called with noise=arange (patch order kept, nothing masked)"),
