@@ -34,3 +34,14 @@ def test_method_table_is_the_registry():
     text = README.read_text()
     table = text.split("<!-- recipes-table:start -->\n", 1)[1].split("\n<!-- recipes-table:end -->", 1)[0]
     assert table == recipes_table(), "README method table is stale: paste vitq.recipes.recipes_table()"
+
+
+def test_zoo_table_is_the_zoo_results():
+    import json
+
+    from vitq.bench.zoo import zoo_table
+
+    rows = json.loads((README.parent / "benchmarks" / "results" / "zoo.json").read_text())["rows"]
+    text = README.read_text()
+    table = text.split("<!-- zoo-table:start -->\n", 1)[1].split("\n<!-- zoo-table:end -->", 1)[0]
+    assert table == zoo_table(rows), "README zoo table is stale: paste python benchmarks/zoo.py --table"

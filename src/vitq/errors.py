@@ -58,3 +58,11 @@ class OutputExistsError(OutputPathError, FileExistsError):
 
 class ExportError(VitqError):
     """A quantized model cannot be expressed in the export format (the message names the layer and why)."""
+
+
+class PartialQuantizationError(VitqError):
+    """Under ``strict``: the model computes an op vitq cannot quantize (the message names each one)."""
+
+
+class PartialQuantizationWarning(UserWarning):
+    """The model computes ops vitq cannot quantize; they stay float (the message names each one)."""

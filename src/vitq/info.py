@@ -33,6 +33,10 @@ class QuantInfo:
             ``None`` for a custom module.
         calibrated, frozen: lifecycle state.
         calibration: summary of the last calibration (method, images, seconds), empty before it.
+        units: the calibration units the generic adapter found (``None`` for a family adapter).
+        coverage: what the model computes and how much of it is quantized (:mod:`vitq.models.census`):
+            per kind the total and quantized count, the ops kept float on purpose (head, plan) and those
+            vitq could not quantize (``uncaptured``).
         forward: how a batch of images runs through the model (calibration and evaluation use it).
     """
 
@@ -44,6 +48,10 @@ class QuantInfo:
     frozen: bool = False
     calibration: dict = field(default_factory=dict)
     forward: Callable[[nn.Module, torch.Tensor], object] = field(default=default_forward, repr=False)
+    #: calibration units found by the generic adapter (``None``: the family adapter names them)
+    units: list[str] | None = None
+    #: ``{"linear" | "conv" | "attn_matmul": {"total", "quantized"}, "kept_float": [...], "uncaptured": [...]}``
+    coverage: dict = field(default_factory=dict)
 
     @property
     def recipe(self):
@@ -59,6 +67,7 @@ class QuantInfo:
             "calibrated": self.calibrated,
             "frozen": self.frozen,
             "calibration": self.calibration,
+            "coverage": self.coverage,
         }
 
     def update_from_meta(self, meta: dict) -> None:

@@ -101,6 +101,16 @@ def _is_chained(model: nn.Module, first: str, second: str) -> bool:
     return isinstance(model.get_submodule(p1), nn.Sequential)
 
 
+def _chain(model: nn.Module, uname: str, nxt: str, unit: nn.Module, inputs) -> list | None:
+    """The next unit's inputs when they are this unit's outputs (consecutive members of an nn.Sequential, each
+    called with one tensor and returning one), else ``None``: the next unit's inputs are captured from the model."""
+    if not _is_chained(model, uname, nxt) or not all(len(a) == 1 and not k and isinstance(a[0], torch.Tensor)
+                                                     for a, k in inputs):
+        return None
+    outs = run_unit(unit, inputs)
+    return [((out,), {}) for out in outs] if all(isinstance(o, torch.Tensor) for o in outs) else None
+
+
 def _op_call_order(unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> dict[str, int]:
     """How often the unit's forward calls each op, keyed in the order of the first calls."""
     calls: dict[str, int] = {}
@@ -264,10 +274,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             report.units.append(vars(res))
             del float_inputs
         nxt = units[ui + 1][0] if ui + 1 < len(units) else None
-        if nxt is not None and _is_chained(model, uname, nxt):
-            inputs = [((out,), {}) for out in run_unit(unit, inputs)]
-        else:
-            inputs = None
+        inputs = _chain(model, uname, nxt, unit, inputs) if nxt is not None else None
         if ckpt is not None:
             done = ui + 1  # and the units after it with nothing to calibrate (a float head)
             while done < len(units) and not _unit_ops(units[done][0], ops):

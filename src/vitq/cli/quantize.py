@@ -61,6 +61,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_report_flag(q)  # --no-report
     q.add_argument("--packed", action="store_true",
                    help="store weights packed at their bit-widths (packed.safetensors) instead of float32")
+    q.add_argument("--strict", action="store_true",
+                   help="fail when the model computes an op vitq cannot quantize (an attention product it cannot "
+                        "capture, a Linear used outside its module) instead of leaving it float with a warning")
     q.add_argument("--no-resume", action="store_true", help="start calibration over instead of resuming an "
                    "interrupted one (its state is kept after each unit in .<out-name>.resume beside --out)")
     return q
@@ -91,7 +94,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
-    qmodel = vitq.quantize(model, config)
+    qmodel = vitq.quantize(model, config, strict=args.strict)
+    coverage = vitq.get_quant_info(qmodel).coverage
     resume = CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
     report = vitq.calibrate(qmodel, calib.images, checkpoint=resume)
     vitq.freeze(qmodel)
@@ -100,7 +104,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             else {"w_bits": config.w_bits, "a_bits": config.a_bits})
     summary = {"model": args.model, "method": config.method, **bits,
                "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
-               **mp_info}
+               **mp_info, "quantized_ops": {k: f"{coverage[k]['quantized']}/{coverage[k]['total']}"
+                                            for k in ("linear", "conv", "attn_matmul")}}
+    if coverage.get("kept_float"):
+        summary["kept_float"] = coverage["kept_float"]
+    if coverage.get("uncaptured"):
+        summary["not_quantized"] = coverage["uncaptured"]
     if eval_src:
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
         ref = predict(model, test.images, progress=True, desc="float")

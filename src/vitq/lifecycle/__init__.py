@@ -40,7 +40,8 @@ def _run(stages, state: PipelineState) -> PipelineState:
     return state
 
 
-def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bool = False) -> nn.Module:
+def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bool = False,
+             strict: bool = False) -> nn.Module:
     """Prepare a float model for quantization: fold its LayerNorms and rotate its residual stream if the
     recipe rotates (:class:`Rotate`), swap every Linear, the patch-embedding Conv and every attention
     module for its quantized counterpart and install the recipe's quantizers (disabled until calibrated).
@@ -49,13 +50,17 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, *, inplace: bo
         model: a supported vision transformer (see :func:`vitq.models.base.adapters`).
         config: bits, method and options; defaults to W8A8 with the Liu et al. method.
         inplace: modify ``model`` itself instead of a deep copy.
+        strict: an op vitq cannot quantize (an attention product it cannot capture, a Linear used outside its
+            module) raises :class:`~vitq.errors.PartialQuantizationError`; by default it stays float with a
+            :class:`~vitq.errors.PartialQuantizationWarning` naming it. ``get_quant_info(q).coverage`` has
+            the counts either way.
 
     Returns:
         The quantized model. With quantization disabled it computes exactly what the float model does
         (a rotated model up to float rounding).
     """
     config = config or QuantConfig()
-    state = PipelineState(model=model, config=config, recipe=config.recipe(), inplace=inplace)
+    state = PipelineState(model=model, config=config, recipe=config.recipe(), inplace=inplace, strict=strict)
     return _run((Rotate(), SwapModules(), InstallQuantizers()), state).model
 
 
@@ -83,13 +88,14 @@ class QuantizedModel:
 
 
 def pipeline(model: nn.Module, config: QuantConfig | None = None, calib_images=None, *,
-             progress: bool = True, checkpoint=None) -> QuantizedModel:
+             progress: bool = True, checkpoint=None, strict: bool = False) -> QuantizedModel:
     """Quantize, calibrate and freeze a copy of ``model`` on ``calib_images`` in one call: the stages of
     :data:`STAGES` in order (the same as ``quantize`` + ``calibrate`` + ``freeze``). ``checkpoint``: as
-    :func:`calibrate`'s (a directory where calibration saves its state after each unit, to resume)."""
+    :func:`calibrate`'s (a directory where calibration saves its state after each unit, to resume); ``strict``:
+    as :func:`quantize`'s."""
     config = config or QuantConfig()
     state = PipelineState(model=model, config=config, recipe=config.recipe(), calib=calib_images, progress=progress,
-                          checkpoint=checkpoint)
+                          checkpoint=checkpoint, strict=strict)
     _run(STAGES, state)
     return QuantizedModel(model=state.model, report=state.report)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -19,10 +20,12 @@ import torch.nn as nn
 
 from vitq.calibration.engine import CalibrationReport, calibrate
 from vitq.config import QuantConfig
-from vitq.errors import ConfigError, NonFiniteError, VitqError
-from vitq.info import QuantInfo, get_quant_info
+from vitq.errors import ConfigError, NonFiniteError, PartialQuantizationError, PartialQuantizationWarning, VitqError
+from vitq.info import QuantInfo, default_forward, get_quant_info
 from vitq.lifecycle.install import install_quantizers
 from vitq.models.base import get_adapter
+from vitq.models.census import take_census
+from vitq.models.generic import attention_hosts, example_images, install_capture, partition_units, spec_factory
 from vitq.nn.qops import OpQuantSpec, QuantMatMul, quant_ops
 from vitq.nn.registry import qmodule_for
 from vitq.recipes import Recipe
@@ -47,6 +50,8 @@ class PipelineState:
     owns_model: bool = False
     #: where calibration saves its state after each unit, to resume after a crash (``calibrate(checkpoint=)``)
     checkpoint: object = None
+    #: an op vitq cannot quantize is an error (:class:`~vitq.errors.PartialQuantizationError`), not a warning
+    strict: bool = False
 
 
 class Stage:
@@ -139,9 +144,18 @@ class SwapModules(Stage):
         if not (state.inplace or state.owns_model):
             model = copy.deepcopy(model)
         model.eval()
-        skip = set() if config.quantize_head else set(adapter.head_names(model))
+        data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
+        example = example_images(data_config)
+        float_census = take_census(model, default_forward, example)  # before any swap: what the model computes
+        heads = set() if config.quantize_head else set(adapter.head_names(model))
         kept_float = _float_by_plan(model, config)
-        n = _swap(model, "", config, recipe, skip | kept_float)
+        skip = heads | kept_float | (set(float_census.unused) if adapter.skip_unused else set())
+        n = _swap(model, "", config, recipe, skip)
+        captured = {}
+        if adapter.captures:
+            hosts = [h for h in attention_hosts(float_census.attn_float) if not _in_any(h, skip)]
+            captured = install_capture(model, hosts, spec_factory(config, recipe), data_config)
+            n += len(captured)
         ops = quant_ops(model)
         for name, op in ops.items():
             key, opts = config.plan_entry(name)
@@ -154,12 +168,50 @@ class SwapModules(Stage):
         if unmatched:
             raise ConfigError(f"plan keys {unmatched} match no quantized op of {type(model).__name__} "
                               f"(ops are named like {', '.join(list(ops)[:3])}, ...)")
-        data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
+        units = partition_units(model, data_config) if adapter.captures else None
+        coverage = _coverage(take_census(model, default_forward, example), heads | kept_float)
         model.vitq_info = QuantInfo(config=config, adapter=adapter.name, data_config=data_config,
-                                    model_spec=spec_source)
+                                    model_spec=spec_source, units=units, coverage=coverage)
         state.model = model
-        state.notes.update(adapter=adapter.name, swapped=n, float_by_plan=sorted(kept_float))
-        log.info("quantize: %s adapter swapped %d modules; %d quantized ops", adapter.name, n, len(ops))
+        state.notes.update(adapter=adapter.name, swapped=n, float_by_plan=sorted(kept_float), coverage=coverage,
+                           captured=captured)
+        log.info("quantize: %s adapter swapped %d modules; %d quantized ops; %s", adapter.name, n, len(ops),
+                 coverage_line(coverage))
+        _check_coverage(model, coverage, state.strict)
+
+
+def _in_any(name: str, prefixes: set[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _coverage(census, kept: set[str]) -> dict:
+    """:attr:`QuantInfo.coverage` from the census of the swapped model: counts, and each float op either kept
+    float on purpose (the head, a plan entry) or ``uncaptured``."""
+    out: dict = census.counts()
+    floats = census.float_ops()
+    out["kept_float"] = [f for f in floats if _in_any(f.split(":", 1)[0], kept)]
+    out["uncaptured"] = [f for f in floats if f not in out["kept_float"]]
+    return out
+
+
+def coverage_line(coverage: dict) -> str:
+    """``"linear 48/49, conv 1/1, attention products 24/24 quantized"``."""
+    parts = [f"{label} {coverage[k]['quantized']}/{coverage[k]['total']}"
+             for k, label in (("linear", "linear"), ("conv", "conv"), ("attn_matmul", "attention products"))
+             if k in coverage]
+    return ", ".join(parts) + " quantized"
+
+
+def _check_coverage(model: nn.Module, coverage: dict, strict: bool) -> None:
+    bad = coverage.get("uncaptured") or []
+    if not bad:
+        return
+    msg = (f"{type(model).__name__}: vitq cannot quantize {len(bad)} op(s), they stay float: {'; '.join(bad[:8])}"
+           f"{' ...' if len(bad) > 8 else ''} ({coverage_line(coverage)})")
+    if strict:
+        raise PartialQuantizationError(msg + "; without strict they would stay float with a warning")
+    warnings.warn(msg, PartialQuantizationWarning, stacklevel=3)
+    log.warning(msg)
 
 
 class InstallQuantizers(Stage):

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
 from vitq.errors import UnsupportedModelError
+from vitq.nn.registry import clone_as  # noqa: F401  (re-exported: adapters build their subclasses with it)
 
 
 class ModelAdapter:
@@ -38,6 +39,15 @@ class ModelAdapter:
     def data_config(self, model: nn.Module) -> DataConfig:
         return DataConfig()
 
+    def why_not(self, model: nn.Module) -> str | None:
+        """Why a model this adapter would otherwise consider is not matched (for the error message), or ``None``."""
+        return None
+
+    #: don't swap Linears / convolutions the forward never calls (the generic adapter: they could not be calibrated)
+    skip_unused: bool = False
+    #: capture the attention products of modules the registry does not know (:mod:`vitq.nn.capture`)
+    captures: bool = False
+
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The quantized attention modules (after swapping), for reporting and mixed precision."""
         from vitq.nn.qattention import QuantAttentionMixin
@@ -51,6 +61,7 @@ _ADAPTER_MODULES = (
     "vitq.models.timm_swin",
     "vitq.models.hf_vit",
     "vitq.models.hf_swin",
+    "vitq.models.generic",  # last: any other model whose forward computes attention
 )
 _loaded = False
 
@@ -89,8 +100,10 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
         if a.matches(model):
             return a
     families = "; ".join(f"{a.name} ({a.description})" for a in adapters()) or "(none: install the timm or hf extra)"
+    reasons = [r for a in adapters() if (r := a.why_not(model))]
+    why = f" ({'; '.join(reasons)})" if reasons else ""
     raise UnsupportedModelError(
-        f"vitq has no adapter for {type(model).__module__}.{type(model).__name__}. Supported families: {families}"
+        f"vitq has no adapter for {type(model).__module__}.{type(model).__name__}{why}. Supported families: {families}"
     )
 
 
@@ -99,22 +112,3 @@ def adapter_by_name(name: str) -> ModelAdapter:
         if a.name == name:
             return a
     raise UnsupportedModelError(f"unknown adapter {name!r}; known: {[a.name for a in _ADAPTERS]}")
-
-
-def clone_as(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """A new instance of subclass ``cls`` that shares ``module``'s parameters, buffers and submodules.
-
-    Used to swap an attention module for its quantized subclass: the subclass reuses every method and
-    attribute of the original and only adds explicit matmul modules and its own ``forward``. The
-    original module is left untouched (its registries are copied, not shared).
-    """
-    if not issubclass(cls, type(module)):
-        raise TypeError(f"{cls.__name__} is not a subclass of {type(module).__name__}")
-    q = cls.__new__(cls)
-    q.__dict__.update(module.__dict__)
-    for registry in ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks"):
-        if registry in module.__dict__:
-            q.__dict__[registry] = type(module.__dict__[registry])(module.__dict__[registry])
-    q.__dict__["_non_persistent_buffers_set"] = set(module.__dict__.get("_non_persistent_buffers_set", ()))
-    return q
-

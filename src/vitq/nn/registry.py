@@ -33,3 +33,22 @@ def qmodule_for(module: nn.Module) -> type[nn.Module] | None:
 
 def registered() -> dict[type[nn.Module], type[nn.Module]]:
     return dict(_QMODULES)
+
+
+def clone_as(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A new instance of subclass ``cls`` that shares ``module``'s parameters, buffers and submodules.
+
+    Used to swap an attention module for its quantized subclass: the subclass reuses every method and
+    attribute of the original and only adds explicit matmul modules and its own ``forward``. The
+    original module is left untouched (its registries are copied, not shared).
+    """
+    if not issubclass(cls, type(module)):
+        raise TypeError(f"{cls.__name__} is not a subclass of {type(module).__name__}")
+    q = cls.__new__(cls)
+    q.__dict__.update(module.__dict__)
+    for registry in ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks"):
+        if registry in module.__dict__:
+            q.__dict__[registry] = type(module.__dict__[registry])(module.__dict__[registry])
+    q.__dict__["_non_persistent_buffers_set"] = set(module.__dict__.get("_non_persistent_buffers_set", ()))
+    return q
+

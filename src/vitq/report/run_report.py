@@ -238,6 +238,14 @@ def _summary_rows(meta: dict, summary: dict, calibration: dict, sizes: dict) -> 
     for k in ("mp_method", "budget_mb", "plan_file"):
         if k in summary:
             rows.append((k.replace("_", " "), _fmt(summary[k])))
+    cov = meta.get("coverage") or {}
+    for k, label in (("linear", "Linears"), ("conv", "convolutions"), ("attn_matmul", "attention products")):
+        if k in cov:
+            rows.append((f"{label} quantized / total", f"{cov[k]['quantized']} / {cov[k]['total']}"))
+    if cov.get("kept_float"):
+        rows.append(("kept float (head, plan)", "; ".join(cov["kept_float"])))
+    if cov.get("uncaptured"):
+        rows.append(("NOT quantized (vitq cannot capture)", "; ".join(cov["uncaptured"])))
     return rows
 
 
