@@ -29,13 +29,13 @@ from vitq.calibration.checkpoint import (
 )
 from vitq.calibration.gptq import apply_gptq
 from vitq.calibration.preparation import UnitPreparation
-from vitq.calibration.reconstruction import reconstruct_unit
+from vitq.calibration.reconstruction import FloatReference, reconstruct_unit
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.info import get_quant_info
 from vitq.models.base import adapter_by_name
-from vitq.nn.qops import QuantOp, quant_ops, quantization_disabled
+from vitq.nn.qops import QuantOp, quant_ops
 from vitq.quantizers.base import SearchableQuantizer
 from vitq.recipes import SearchSpec, get_recipe
 
@@ -206,9 +206,12 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     fp = fingerprint(model, config, batches, info.model_spec) if ckpt is not None else None  # before any change
     searches = {name: op_search_spec(config, recipe.search, name) for name in ops}
     # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
+    search_limit = config.search_images
+    if search_limit is None and recipe.reconstruction is not None and recipe.reconstruction.iters > 0:
+        search_limit = recipe.reconstruction.search_images
     # (the Hessian objective's output gradients on the images the search sees)
     prep = UnitPreparation.build(model, config, recipe, searches,
-                                 [a[0] for a, _ in _first_images([((b,), {}) for b in batches], config.search_images)],
+                                 [a[0] for a, _ in _first_images([((b,), {}) for b in batches], search_limit)],
                                  info.forward)
     for op in ops.values():
         op.set_enabled(False)
@@ -223,6 +226,8 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     report = CalibrationReport(method=config.method, num_images=sum(b.shape[0] for b in batches))
     unit_names = [u for u, _ in units]
     start, inputs, seconds_before = 0, None, 0.0
+    # reconstruction's targets: the float parameters, copied before a search or a resumed state changes them
+    float_ref = FloatReference(model) if recipe.reconstruction is not None and recipe.reconstruction.iters > 0 else None
     resumed = ckpt.load(fp, unit_names) if ckpt is not None else None
     if resumed is not None:
         start, inputs, seconds_before = _restore(model, ops, gen, report, resumed)
@@ -238,7 +243,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
         if prep is not None:
             prep.before_unit(uname, unit, inputs, unit_ops)
-        search_inputs = _first_images(inputs, config.search_images)
+        search_inputs = _first_images(inputs, search_limit)
         for name, calls in _op_call_order(unit, inputs, unit_ops).items():
             op = unit_ops[name]
             bar.set_postfix_str(name)
@@ -265,16 +270,17 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             op.set_enabled(True)
             log.debug("calibrated %s in %.2fs: loss %s -> %s", name, time.perf_counter() - t_op, res.loss_start, res.loss_end)
             del op_data
-        if recipe.reconstruction is not None and recipe.reconstruction.iters > 0:
+        if float_ref is not None:
             bar.set_postfix_str(f"{uname} (reconstruction)")
-            with quantization_disabled(model):
-                float_inputs = capture_unit_inputs(model, unit, batches, info.forward)
-            res = reconstruct_unit(uname, unit, unit_ops, inputs, float_inputs, recipe.reconstruction,
+            float_inputs, float_outputs = float_ref.unit_io(model, unit, batches, info.forward)
+            res = reconstruct_unit(uname, unit, unit_ops, inputs, float_inputs, float_outputs, recipe.reconstruction,
                                    seed=config.seed * 1_000_003 + ui, batch_size=config.batch_size)
             report.units.append(vars(res))
-            del float_inputs
         nxt = units[ui + 1][0] if ui + 1 < len(units) else None
         inputs = _chain(model, uname, nxt, unit, inputs) if nxt is not None else None
+        if float_ref is not None:
+            float_ref.advance(inputs is not None, float_outputs)
+            del float_inputs, float_outputs
         if ckpt is not None:
             done = ui + 1  # and the units after it with nothing to calibrate (a float head)
             while done < len(units) and not _unit_ops(units[done][0], ops):

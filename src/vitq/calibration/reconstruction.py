@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from vitq.calibration.capture import capture_unit_inputs, run_unit
 from vitq.errors import VitqError
 from vitq.nn.qops import QuantOp, quantization_disabled
 from vitq.quantizers.uniform import UniformQuantizer
@@ -97,6 +100,46 @@ class ReconstructionResult:
     kept: bool = True
 
 
+class FloatReference:
+    """The float model's inputs and outputs of each unit: reconstruction's targets.
+
+    The float parameters are copied when calibration starts, before any search, bias correction, GPTQ or
+    reconstruction changes them in place; :meth:`unit_io` runs the model with them (and quantization
+    disabled), so the target of every unit is the float model's, not the float model with the earlier
+    units' rounded weights. Consecutive units chain their float outputs as the quantized ones do; other
+    units' float inputs are captured from the float model.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.inputs: list | None = None
+
+    @contextmanager
+    def _float(self, model: nn.Module) -> Iterator[None]:
+        params = dict(model.named_parameters())
+        current = {n: params[n].data for n in self.params}
+        try:
+            for n, t in self.params.items():
+                params[n].data = t
+            with quantization_disabled(model):
+                yield
+        finally:
+            for n, t in current.items():
+                params[n].data = t
+
+    @torch.no_grad()
+    def unit_io(self, model: nn.Module, unit: nn.Module, batches, forward) -> tuple[list, list[torch.Tensor]]:
+        """``(inputs, outputs)`` of ``unit`` in the float model, per calibration batch."""
+        with self._float(model):
+            if self.inputs is None:
+                self.inputs = capture_unit_inputs(model, unit, batches, forward)
+            return self.inputs, [_tensor_out(o) for o in run_unit(unit, self.inputs)]
+
+    def advance(self, chained: bool, outputs: list[torch.Tensor]) -> None:
+        """After a unit: the next unit's float inputs are its outputs (``chained``) or are captured."""
+        self.inputs = [((t,), {}) for t in outputs] if chained else None
+
+
 def _stack(inputs, unit: str) -> torch.Tensor:
     if not all(len(a) == 1 and not k and isinstance(a[0], torch.Tensor) for a, k in inputs):
         raise VitqError(f"block reconstruction needs calibration units whose forward takes one tensor; unit "
@@ -112,11 +155,6 @@ def _error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BRECQ's reconstruction loss: squared error summed over features, averaged over everything else."""
     return (out - target).pow(2).flatten(1).sum(1).mean() if out.dim() <= 2 else \
         (out - target).pow(2).sum(-1).mean()
-
-
-@torch.no_grad()
-def _outputs(unit: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([_tensor_out(unit(x[i: i + batch])) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -140,7 +178,8 @@ def _learned_intervals(unit_ops: dict[str, QuantOp]) -> list[UniformQuantizer]:
 
 
 def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], inputs, float_inputs,
-                     spec: Reconstruction, *, seed: int, batch_size: int = 32) -> ReconstructionResult:
+                     float_outputs: list[torch.Tensor], spec: Reconstruction, *, seed: int,
+                     batch_size: int = 32) -> ReconstructionResult:
     """Reconstruct one calibrated unit in place (see the module docstring).
 
     Args:
@@ -149,14 +188,13 @@ def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], i
         unit_ops: its quantized ops by name.
         inputs: the unit's inputs in the quantized model, ``[((x,), {}), ...]`` per calibration batch.
         float_inputs: the same from the float model.
+        float_outputs: the float unit's outputs on ``float_inputs`` (the targets), per batch.
         spec: the recipe's reconstruction settings.
         seed: seeds the batch and drop samples.
         batch_size: forward batch size of the before/after measurements.
     """
     t0 = time.perf_counter()
-    x_q, x_f = _stack(inputs, name), _stack(float_inputs, name)
-    with quantization_disabled(unit):
-        target = _outputs(unit, x_f, batch_size)
+    x_q, x_f, target = _stack(inputs, name), _stack(float_inputs, name), torch.cat(float_outputs)
     before = _loss(unit, x_q, target, batch_size)
     intervals = _learned_intervals(unit_ops) if spec.lr_scale > 0 else []
     saved = {k: v.clone() for k, v in unit.state_dict().items()}

@@ -9,12 +9,23 @@ One module per method family fills the registry (:func:`register_recipe`):
 - :mod:`~vitq.recipes.gptq`: ``gptq`` (Frantar et al. 2023 as a peer), ``liu2021-gptq``, and ``liu2021-pc``
   (per-channel weights, the ablation step before GPTQ rounding).
 - :mod:`~vitq.recipes.rotation`: ``rtn-rot``, ``liu2021-rot`` (QuaRot-style rotated residual stream).
+- :mod:`~vitq.recipes.reconstruction`: ``liu2021-rot-gptq``, ``liu2021-rot-recon``, ``liu2021-pc-recon``
+  (block reconstruction: AdaRound + LSQ + QDrop, after the search).
 
 Adding a method is one new module here with its ``@register_recipe`` factory, plus its import below.
 ``python -c "import vitq.recipes as r; print(sorted(r.RECIPES))"`` lists every method the CLI accepts.
 """
 
-from vitq.recipes import baselines, gptq, liu2021, mptq, ptq4vit, repq_vit, rotation  # noqa: F401  (registration)
+from vitq.recipes import (  # noqa: F401  (registration)
+    baselines,
+    gptq,
+    liu2021,
+    mptq,
+    ptq4vit,
+    reconstruction,
+    repq_vit,
+    rotation,
+)
 from vitq.recipes.base import (
     RECIPES,
     WEIGHT_ROUNDINGS,

@@ -120,6 +120,9 @@ class Reconstruction:
         drop_prob: QDrop's probability of feeding an input element in float instead of quantized
             (0: the quantized inputs only, as BRECQ).
         learn_rounding: learn the weights' rounding (else they stay rounded to nearest).
+        search_images: the interval search before it sees only the first this many calibration images
+            (the search needs a few dozen, reconstruction hundreds to thousands);
+            ``QuantConfig.search_images`` overrides it.
     """
 
     iters: int = 500
@@ -131,8 +134,11 @@ class Reconstruction:
     warmup: float = 0.2
     drop_prob: float = 0.5
     learn_rounding: bool = True
+    search_images: int | None = 32
 
     def __post_init__(self) -> None:
+        if self.search_images is not None and self.search_images < 1:
+            raise ConfigError(f"reconstruction search_images={self.search_images!r} must be >= 1 or None (all)")
         if not isinstance(self.iters, int) or self.iters < 0:
             raise ConfigError(f"reconstruction iters={self.iters!r} must be an integer >= 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -1,0 +1,36 @@
+"""Block reconstruction recipes (BRECQ, Li et al. ICLR 2021; QDrop, Wei et al. ICLR 2022; AdaRound,
+Nagel et al. ICML 2020; LSQ, Esser et al. ICLR 2020), the last steps of the low-bit ablation:
+
+    liu2021-pc (per-channel weights) -> liu2021-rot (+ rotation) -> liu2021-rot-gptq (+ GPTQ rounding)
+    -> liu2021-rot-recon (+ block reconstruction: learned rounding instead of GPTQ's, learned activation
+    intervals)
+
+The interval search runs first on the first ``search_images`` calibration images; then each unit's
+weight rounding and activation intervals are learned against the float unit
+(:mod:`vitq.calibration.reconstruction`) on all of them. Give reconstruction hundreds of images
+(``--num-calib 512``): on 32 it over-fits (measured in ``benchmarks/results/lowbit/README.md``).
+
+- ``liu2021-pc-recon``: the same without rotation.
+"""
+
+from vitq.recipes.base import Reconstruction, Recipe, SearchSpec, register_recipe
+from vitq.recipes.gptq import PAPER as GPTQ
+from vitq.recipes.liu2021 import PAPER as LIU
+from vitq.recipes.rotation import QUAROT
+
+BRECQ = "Li et al., ICLR 2021 (BRECQ) + Wei et al., ICLR 2022 (QDrop): AdaRound rounding, LSQ intervals"
+
+
+@register_recipe
+def reconstruction() -> tuple[Recipe, ...]:
+    liu = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
+    return (
+        Recipe("liu2021-rot-gptq", "rotated residual stream, Liu et al.'s search, per-channel weights, GPTQ rounding",
+               f"{QUAROT}; {LIU}, Sec. 3; {GPTQ}", liu, rotation="hadamard", per_channel_weights=True,
+               weight_rounding="gptq"),
+        Recipe("liu2021-rot-recon", "rotated residual stream, Liu et al.'s search, per-channel weights, "
+               "block reconstruction", f"{QUAROT}; {LIU}, Sec. 3; {BRECQ}", liu, rotation="hadamard",
+               per_channel_weights=True, reconstruction=Reconstruction()),
+        Recipe("liu2021-pc-recon", "Liu et al.'s search, per-channel weights, block reconstruction",
+               f"{LIU}, Sec. 3; {BRECQ}", liu, per_channel_weights=True, reconstruction=Reconstruction()),
+    )
