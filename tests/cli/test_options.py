@@ -19,3 +19,14 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert c.optm and c.sqb  # flags not given leave the file's values
     b = ap.parse_args(["bench", "--methods", "mptq", "--fully-quantized"])
     assert extended_overrides(b) == {"fully_quantized": True}
+
+
+def test_reconstruction_flags_reach_the_config():
+    ap = build_parser()
+    c = config_from_args(ap.parse_args(["quantize", "--method", "liu2021-rot", "--recon-iters", "50",
+                                         "--search-images", "16"]))
+    assert (c.recon_iters, c.search_images) == (50, 16)
+    assert c.recipe().reconstruction.iters == 50
+    c = config_from_args(ap.parse_args(["quantize", "--method", "liu2021-rot-recon", "--recon-iters", "0"]))
+    assert c.recipe().reconstruction is None
+    assert extended_overrides(ap.parse_args(["bench", "--methods", "liu2021", "--recon-iters", "9"])) == {"recon_iters": 9}

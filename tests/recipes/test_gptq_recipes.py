@@ -19,7 +19,7 @@ def test_the_three_recipes():
     assert pc.search == lg.search == get_recipe("liu2021").search  # the ablation changes one thing at a time
     assert "gptq" in recipe_names(peer=True)
     assert all(get_recipe(n).weight_rounding == "nearest" for n in recipe_names()
-               if n not in ("gptq", "liu2021-gptq"))
+               if n not in ("gptq", "liu2021-gptq", "liu2021-rot-gptq"))
     assert "per-channel weights, weight rounding: gptq" in recipes_table()
 
 

@@ -50,11 +50,11 @@ def recipes_table() -> str:
         if s.init != "max":
             search = f"{s.init} init, {search}"
         parts = [f"{k}: {v}" for k, v in vars(r.quantizers).items() if v not in ("uniform", False)]
+        parts += ["per-channel weights"] * r.per_channel_weights
         parts += [f"weight rounding: {r.weight_rounding}"] * (r.weight_rounding != "nearest")
         parts += [f"transform: {t}" for t in r.transforms]
         parts += [f"rotation: {r.rotation}"] if r.rotation else []
         parts += [f"block reconstruction ({r.reconstruction.iters} steps/unit)"] if r.reconstruction else []
-        parts += ["per-channel weights"] if r.per_channel_weights else []
         lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
     return "\n".join(lines)
 
