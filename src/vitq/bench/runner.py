@@ -127,7 +127,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     # still has the main comparison.
     plan = [(n, b, m) for n in num_calib for b in bits for m in methods]
     plan += [(n, b, m) for n in num_calib for b in bits for m in (ABLATION_METHODS if ablation else ())]
-    for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run"):
+    for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run", disable=not distributed.is_main()):
         calib = load_images(bm.calib, dc, num=n, seed=seed)
         cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search, **(config_overrides or {}))
         q = vitq.quantize(model, cfg)

@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return EXIT_OK
-    parallel = _env_rank() is not None
-    if parallel and _env_rank() > 0:  # one progress bar and one log stream: rank 0's
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    parallel = _env_rank() is not None  # one log stream: rank 0's (the others warn), and its progress bars
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if not parallel or _env_rank() == 0
                         else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()

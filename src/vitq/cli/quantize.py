@@ -102,7 +102,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qmodel = vitq.quantize(model, config)
     resume = (CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
               if not distributed.is_distributed() else None)  # a data-parallel run does not resume
-    report = vitq.calibrate(qmodel, distributed.shard(calib.images, "calibration images"), checkpoint=resume)
+    report = vitq.calibrate(qmodel, distributed.shard(calib.images, "calibration images"), checkpoint=resume,
+                            progress=distributed.is_main())
     vitq.freeze(qmodel)
     # with a mixed-precision plan the uniform --bits only set the budget: report the bits used (bits_min/max)
     bits = ({"base_bits": config.w_bits} if mp_info.get("mixed_precision")

@@ -15,15 +15,16 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from vitq.distributed import all_gather_rows, all_reduce_sum, shard
+from vitq.distributed import all_gather_rows, all_reduce_sum, is_main, shard
 from vitq.eval.metrics import check_finite_logits, predict
 
 
 def predict_shard(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64, progress: bool = False,
                   desc: str = "eval", forward: Callable | None = None) -> torch.Tensor:
-    """Logits of this rank's shard of ``images`` (all of them in one process), in batches."""
-    return predict(model, shard(images, "test images"), batch_size=batch_size, progress=progress, desc=desc,
-                   forward=forward)
+    """Logits of this rank's shard of ``images`` (all of them in one process), in batches; rank 0 alone shows
+    the progress bar."""
+    return predict(model, shard(images, "test images"), batch_size=batch_size, progress=progress and is_main(),
+                   desc=desc, forward=forward)
 
 
 def gather_predictions(logits: torch.Tensor) -> torch.Tensor:

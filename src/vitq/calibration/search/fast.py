@@ -247,7 +247,7 @@ class FastEvaluator:
         speed = INT_GEMM_SPEEDUP if self.use_int else 1.0
         gram_speed = speed if self.qb.scale.numel() == 1 else 1.0
         setup = tokens * cin * (cout + cin)
-        per_candidate = cout * cin * cin / gram_speed + self.n * cin * (cout + cin)
+        per_candidate = cout * cin * cin / gram_speed + self.problem.n_total * cin * (cout + cin)
         return setup, per_candidate, tokens * cin * cout / speed
 
     def _moment_evaluator(self, base: torch.Tensor, factors: list[float]):
