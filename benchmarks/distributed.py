@@ -193,7 +193,8 @@ def main() -> None:
                             "calib_seconds": round(compute + comm, 1), "speedup": round(c1_case / (compute + comm), 2)}
     rows.append({**base, "config": "fit and projection", "fit_case": args.fit_case,
                  "fit_one_rank_compute_seconds": c1, "fit_two_ranks_compute_seconds_per_rank": c2,
-                 "fit_identical": fit_identical, "replicated_fraction": round(frac, 3),
+                 "fit_identical": fit_identical, "replicated_seconds": round(replicated, 1),
+                 "divisible_seconds": round(divisible, 1), "replicated_fraction": round(frac, 3),
                  "fit_load_avg": [fit1["load_avg"], fit2["load_avg"]],
                  "one_rank_compute_seconds_1_thread": round(c1_case, 1), "latency_us": rows[1]["latency_us"],
                  "collectives_per_rank": coll, "bytes_per_rank": nbytes, "projection": proj,

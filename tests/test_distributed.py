@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_VIT_CLI_ARGS
 
 import vitq
 from vitq import distributed
 from vitq.cli.app import main
-
-from conftest import TINY_VIT_CLI_ARGS
 
 HERE = Path(__file__).resolve().parent
 SRC = Path(vitq.__file__).resolve().parents[1]
