@@ -173,3 +173,15 @@ def test_a_hanging_rank_is_named_after_the_timeout(folders):
     assert "within 3s" in errors[0]
     assert not out.exists()
     assert time.perf_counter() - t0 < 100  # the sleeping rank (120 s) was not waited for
+
+
+def test_shard_positions_split_a_minibatch_between_ranks(monkeypatch):
+    idx = torch.tensor([7, 0, 3, 4, 9])
+    # in one process every index is in the (only) shard, in the minibatch's order
+    assert torch.equal(distributed.shard_positions(idx, 10), idx)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    got = []
+    for r in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        got.append(distributed.shard_positions(idx, 10).tolist())
+    assert got == [[0, 3, 4], [2, 4]]  # rank 0 holds samples 0-4, rank 1 samples 5-9

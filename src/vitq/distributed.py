@@ -189,6 +189,16 @@ def shard_indices(n: int) -> range:
     return shard_range(n)
 
 
+def shard_positions(indices: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions in this rank's shard of the entries of ``indices`` (global sample indices in ``0..n-1``, the
+    same on every rank, e.g. a minibatch drawn from a generator seeded alike) that fall in the shard. A
+    minibatch loss summed over these rows on every rank, and normalised by ``len(indices)``, adds up over
+    ranks to the single-process minibatch loss (with :func:`all_reduce_grads` for its gradient)."""
+    r = shard_range(n)
+    mine = indices[(indices >= r.start) & (indices < r.stop)]
+    return mine - r.start
+
+
 def shard(t: torch.Tensor, what: str = "images") -> torch.Tensor:
     """This rank's rows of ``t`` (``t`` itself in one process). Every rank must get at least one row."""
     if not is_distributed():
