@@ -63,14 +63,14 @@ def with_peer_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(methods) + tuple(m for m in PEER_METHODS if m not in methods)
 
 
-def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
+def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int, shard: bool = False):
     try:
-        return load_images(bm.test, dc, num=num_test, seed=seed)
+        return load_images(bm.test, dc, num=num_test, seed=seed, shard=shard)
     except vitq.errors.CalibrationDataError as e:
         if bm.test_fallback is None:
             raise
         log.warning("%s; falling back to %s", e, bm.test_fallback)
-        return load_images(bm.test_fallback, dc, num=num_test, seed=seed)
+        return load_images(bm.test_fallback, dc, num=num_test, seed=seed, shard=shard)
 
 
 def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tuple[str, ...] = TABLE1_METHODS,
@@ -96,10 +96,11 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     model = create_model(bm.spec)
     distributed.check_same_model(model)
     dc = model_data_config(model)
-    test = _test_set(bm, dc, num_test or bm.default_num_test, seed)
-    n_test = int(test.images.shape[0])
+    # this rank's block of the test images (all of them in one process; --peers runs in one process only)
+    test = _test_set(bm, dc, num_test or bm.default_num_test, seed, shard=True)
+    n_test = test.num_total
     t0 = time.perf_counter()
-    ref = predict_shard(model, test.images, progress=True, desc="float")  # this rank's images (all in one process)
+    ref = predict_shard(model, test.images, progress=True, desc="float", sharded=True)
     float_seconds = time.perf_counter() - t0
     top1_float = top1_all(ref, test.labels)
     base = {"model": model_name, "num_test": n_test, "top1_float": top1_float, "command": command,
@@ -134,7 +135,7 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
         rep = vitq.calibrate(q, distributed.shard(calib.images, "calibration images"), progress=False)
         vitq.freeze(q)
         t0 = time.perf_counter()
-        out = predict_shard(q, test.images, progress=True, desc=f"{method} W{b}A{b}")
+        out = predict_shard(q, test.images, progress=True, desc=f"{method} W{b}A{b}", sharded=True)
         row = {**base, "method": method, "origin": cfg.recipe().origin, "w_bits": b, "a_bits": b,
                "top1": top1_all(out, test.labels),
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,

@@ -74,20 +74,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dc = model_data_config(model)
         name = args.model
     src = args.data or DEFAULT_TEST
-    data = load_images(src, dc, num=args.num_test, seed=args.seed)
-    res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
+    data = load_images(src, dc, num=args.num_test, seed=args.seed, shard=True)  # this rank's block (all: 1 process)
+    res: dict = {"model": name, "data": src, "num_test": data.num_total}
     distributed.check_same_model(qmodel if qmodel is not None else model)
     device = distributed.local_device(getattr(args, "device", "cpu"))
     for m in (model, qmodel):
         if m is not None:
             m.to(device)
     # each rank its shard of the images; counts and predictions combined over ranks (vitq.eval.sharded)
-    ref = (predict_shard(model, data.images, batch_size=args.batch_size, progress=True, desc="float")
+    ref = (predict_shard(model, data.images, batch_size=args.batch_size, progress=True, desc="float", sharded=True)
            if model else None)
     if ref is not None and data.labels is not None:
         res["top1_float"] = top1_all(ref, data.labels)
     if qmodel is not None:
-        out = predict_shard(qmodel, data.images, batch_size=args.batch_size, progress=True, desc="quantized")
+        out = predict_shard(qmodel, data.images, batch_size=args.batch_size, progress=True, desc="quantized",
+                            sharded=True)
         if data.labels is not None:
             res["top1"] = top1_all(out, data.labels)
         if ref is not None:

@@ -112,12 +112,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
                **mp_info}
     if eval_src:
-        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
-        # each rank its shard; counts and predictions combined over ranks (vitq.eval.sharded)
-        ref = predict_shard(model, test.images, progress=True, desc="float")
-        out_q = predict_shard(qmodel, test.images, progress=True, desc="quantized")
+        # each rank loads and predicts its block; counts and predictions combined over ranks (vitq.eval.sharded)
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed, shard=True)
+        ref = predict_shard(model, test.images, progress=True, desc="float", sharded=True)
+        out_q = predict_shard(qmodel, test.images, progress=True, desc="quantized", sharded=True)
         sqnr = sqnr_db_all(ref, out_q)  # inf when the outputs are identical: JSON has no inf, write null
-        summary.update(num_test=int(test.images.shape[0]), agreement=agreement_all(out_q, ref),
+        summary.update(num_test=test.num_total, agreement=agreement_all(out_q, ref),
                        logits_sqnr_db=sqnr if math.isfinite(sqnr) else None)
         if test.labels is not None:
             summary.update(top1_float=top1_all(ref, test.labels), top1=top1_all(out_q, test.labels))

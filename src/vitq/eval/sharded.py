@@ -20,11 +20,11 @@ from vitq.eval.metrics import check_finite_logits, predict
 
 
 def predict_shard(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64, progress: bool = False,
-                  desc: str = "eval", forward: Callable | None = None) -> torch.Tensor:
+                  desc: str = "eval", forward: Callable | None = None, sharded: bool = False) -> torch.Tensor:
     """Logits of this rank's shard of ``images`` (all of them in one process), in batches; rank 0 alone shows
-    the progress bar."""
-    return predict(model, shard(images, "test images"), batch_size=batch_size, progress=progress and is_main(),
-                   desc=desc, forward=forward)
+    the progress bar. ``sharded``: ``images`` are this rank's block already (``load_images(..., shard=True)``)."""
+    mine = images if sharded else shard(images, "test images")
+    return predict(model, mine, batch_size=batch_size, progress=progress and is_main(), desc=desc, forward=forward)
 
 
 def gather_predictions(logits: torch.Tensor) -> torch.Tensor:
