@@ -129,6 +129,21 @@ def split(res: dict) -> dict:
             "bandwidth_mb_s": round(bw / 1e6, 1) if math.isfinite(bw) else None}
 
 
+def project(replicated: float, divisible: float, collectives: int, nbytes: int, latency: float,
+            bandwidth: float) -> dict:
+    """Calibration seconds and speed-up over one rank (1 thread each) at 2, 8 and 64 ranks: compute
+    ``replicated + divisible / N``; the search's collectives are scalars (latency-bound, recursive doubling:
+    log2(N) steps), the rare large ones (gathers for LayerNorm folding and quantiles) by bandwidth."""
+    one = replicated + divisible
+    out = {}
+    for world in (2, 8, 64):
+        compute = replicated + divisible / world
+        comm = collectives * latency * math.log2(world) + nbytes * 2 * (world - 1) / world / bandwidth
+        out[str(world)] = {"compute_seconds": round(compute, 1), "communication_seconds": round(comm, 2),
+                           "calib_seconds": round(compute + comm, 1), "speedup": round(one / (compute + comm), 2)}
+    return out
+
+
 def same_model(a: dict, b: dict) -> tuple[bool, int, float]:
     import torch
 
@@ -187,14 +202,10 @@ def main() -> None:
     # scale the fit to the measured case: its 1-rank compute at 1 thread ~ 2x the 2-process per-rank compute
     c1_case = max(r["compute_seconds"] for r in two_ranks) * c1 / c2 if c2 else 0.0
     frac = replicated / c1 if c1 else 0.0
-    proj = {}
-    for world in (2, 8, 64):
-        compute = c1_case * (frac + (1 - frac) / world)
-        # the search's collectives are scalars (latency-bound): recursive doubling, log2(world) steps;
-        # the rare large ones (gathers for LayerNorm folding and quantiles, none in liu2021) by bandwidth
-        comm = coll * lat * math.log2(world) + nbytes * 2 * (world - 1) / world / bw
-        proj[str(world)] = {"compute_seconds": round(compute, 1), "communication_seconds": round(comm, 2),
-                            "calib_seconds": round(compute + comm, 1), "speedup": round(c1_case / (compute + comm), 2)}
+    proj = project(c1_case * frac, c1_case * (1 - frac), coll, nbytes, lat, bw)
+    # more images: the divisible part grows with them, the replicated one (weight-side work per candidate)
+    # and the number of collectives do not (one per candidate evaluation)
+    proj_1024 = project(c1_case * frac, c1_case * (1 - frac) * 1024 / n, coll, nbytes, lat, bw)
     rows.append({**base, "config": "fit and projection", "fit_case": args.fit_case,
                  "fit_one_rank_compute_seconds": c1, "fit_two_ranks_compute_seconds_per_rank": c2,
                  "fit_identical": fit_identical, "replicated_seconds": round(replicated, 1),
@@ -202,6 +213,7 @@ def main() -> None:
                  "fit_load_avg": [fit1["load_avg"], fit2["load_avg"]],
                  "one_rank_compute_seconds_1_thread": round(c1_case, 1), "latency_us": rows[1]["latency_us"],
                  "collectives_per_rank": coll, "bytes_per_rank": nbytes, "projection": proj,
+                 "projection_1024_images": proj_1024,
                  "assumptions": "1 thread per rank; compute(N) = replicated + divisible/N from the fit; communication "
                                 "= collectives x localhost gloo latency x log2(N) + bytes x 2(N-1)/N / bandwidth "
                                 "(a data-centre network has latencies of the same order); equal shards"})
