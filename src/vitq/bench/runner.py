@@ -5,6 +5,10 @@ and the ablation (similarity; + ranking; + bias correction; all). Calibration im
 train split only (the shipped 1,024-image subset of Fashion-MNIST train), test images from the test
 split. Results merge into ``benchmarks/results/<model>.json`` after every run, so an interrupted
 benchmark keeps what it finished.
+
+Under ``torchrun`` every rank calibrates and evaluates its shard of the images (:mod:`vitq.distributed`,
+:mod:`vitq.eval.sharded`) and rank 0 alone writes the rows: the same rows as one process, with
+``world_size`` added. ``--peers`` (ONNX Runtime's own quantizer) runs in one process only.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 import vitq
+from vitq import distributed
 from vitq.bench.results import merge_rows
 from vitq.bench.tables import ABLATION, TABLE1_METHODS, table1, table3, table_compare, table_mp, table_search
 from vitq.data.sources import load_images
-from vitq.eval.metrics import agreement, predict, sqnr_db, top1
+from vitq.eval.sharded import agreement_all, predict_shard, sqnr_db_all, top1_all
 from vitq.eval.size import model_size_mb
 from vitq.models.loading import create_model, model_data_config
 from vitq.recipes import recipe_names
@@ -58,14 +63,14 @@ def with_peer_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(methods) + tuple(m for m in PEER_METHODS if m not in methods)
 
 
-def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int):
+def _test_set(bm: BenchModel, dc, num_test: int | None, seed: int, shard: bool = False):
     try:
-        return load_images(bm.test, dc, num=num_test, seed=seed)
+        return load_images(bm.test, dc, num=num_test, seed=seed, shard=shard)
     except vitq.errors.CalibrationDataError as e:
         if bm.test_fallback is None:
             raise
         log.warning("%s; falling back to %s", e, bm.test_fallback)
-        return load_images(bm.test_fallback, dc, num=num_test, seed=seed)
+        return load_images(bm.test_fallback, dc, num=num_test, seed=seed, shard=shard)
 
 
 def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tuple[str, ...] = TABLE1_METHODS,
@@ -81,25 +86,31 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     if model_name not in BENCH_MODELS:
         raise vitq.errors.ConfigError(f"unknown benchmark model {model_name!r}; choose from {sorted(BENCH_MODELS)}")
     bm = BENCH_MODELS[model_name]
+    if peers and distributed.is_distributed():
+        raise vitq.errors.ConfigError("--peers runs ONNX Runtime's quantizer in one process: run it without torchrun")
     if peers:
         methods = with_peer_methods(methods)
     command = command or "vitq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out_dir = Path(out_dir)
     results = out_dir / f"{model_name}.json"
     model = create_model(bm.spec)
+    distributed.check_same_model(model)
     dc = model_data_config(model)
-    test = _test_set(bm, dc, num_test or bm.default_num_test, seed)
-    n_test = int(test.images.shape[0])
+    # this rank's block of the test images (all of them in one process; --peers runs in one process only)
+    test = _test_set(bm, dc, num_test or bm.default_num_test, seed, shard=True)
+    n_test = test.num_total
     t0 = time.perf_counter()
-    ref = predict(model, test.images, progress=True, desc="float")
+    ref = predict_shard(model, test.images, progress=True, desc="float", sharded=True)
     float_seconds = time.perf_counter() - t0
-    top1_float = top1(ref, test.labels)
+    top1_float = top1_all(ref, test.labels)
     base = {"model": model_name, "num_test": n_test, "top1_float": top1_float, "command": command,
             "mixed_precision": False, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if distributed.is_distributed():
+        base["world_size"] = distributed.world_size()
     rows = [{**base, "method": "float", "origin": "baseline", "w_bits": 32, "a_bits": 32, "top1": top1_float,
              "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6, "calib_seconds": 0.0,
              "num_calib": 0, "eval_seconds": float_seconds}]
-    merge_rows(results, rows)
+    _merge(results, rows)
     if peers and 8 in bits:
         from vitq.peers.ort_static import ort_static_rows
 
@@ -117,27 +128,36 @@ def run_bench(model_name: str, *, bits: tuple[int, ...] = (8, 6, 4), methods: tu
     # still has the main comparison.
     plan = [(n, b, m) for n in num_calib for b in bits for m in methods]
     plan += [(n, b, m) for n in num_calib for b in bits for m in (ABLATION_METHODS if ablation else ())]
-    for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run"):
+    for n, b, method in tqdm(plan, desc=f"bench {model_name}", unit="run", disable=not distributed.is_main()):
         calib = load_images(bm.calib, dc, num=n, seed=seed)
         cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, search=search, **(config_overrides or {}))
         q = vitq.quantize(model, cfg)
-        rep = vitq.calibrate(q, calib.images, progress=False)
+        rep = vitq.calibrate(q, distributed.shard(calib.images, "calibration images"), progress=False)
         vitq.freeze(q)
         t0 = time.perf_counter()
-        out = predict(q, test.images, progress=True, desc=f"{method} W{b}A{b}")
+        out = predict_shard(q, test.images, progress=True, desc=f"{method} W{b}A{b}", sharded=True)
         row = {**base, "method": method, "origin": cfg.recipe().origin, "w_bits": b, "a_bits": b,
-               "top1": top1(out, test.labels),
+               "top1": top1_all(out, test.labels),
                "size_mb": model_size_mb(q), "calib_seconds": round(rep.seconds, 2), "num_calib": n,
-               "agreement": agreement(out, ref), "logits_sqnr_db": round(sqnr_db(ref, out), 3),
+               "agreement": agreement_all(out, ref), "logits_sqnr_db": round(sqnr_db_all(ref, out), 3),
                "eval_seconds": round(time.perf_counter() - t0, 2), "search": search,
                **cfg.recipe().row_fields(cfg)}  # quantizer / smoothing choices of mptq, ptq4vit, repq-vit
         log.info("%s %s W%dA%d n=%d: top-1 %.4f (float %.4f), calib %.1fs", model_name, method, b, b, n,
                  row["top1"], top1_float, rep.seconds)
         rows.append(row)
-        merge_rows(results, [row])
+        _merge(results, [row])
         del q
-    write_tables(results, model_name)
+    with distributed.main_first(f"writing {results}") as writer:
+        if writer:
+            write_tables(results, model_name)
     return rows
+
+
+def _merge(results: Path, rows: list[dict]) -> None:
+    """Merge rows into the results file: rank 0 alone, once every rank has finished them."""
+    with distributed.main_first(f"writing {results}") as writer:
+        if writer:
+            merge_rows(results, rows)
 
 
 def write_tables(results: Path, model_name: str) -> Path:

@@ -32,6 +32,7 @@ from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.reconstruction import FloatReference, reconstruct_unit
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
+from vitq.distributed import is_distributed, shard_count, sharded
 from vitq.errors import CalibrationDataError, VitqError
 from vitq.info import get_quant_info
 from vitq.models.base import adapter_by_name
@@ -170,6 +171,7 @@ def op_search_spec(config: QuantConfig, default: SearchSpec, name: str) -> Searc
 
 
 @torch.no_grad()
+@sharded()  # in a data-parallel run (torchrun) ``data`` is this rank's shard: statistics combine the ranks
 def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConfig | None = None, *,
               progress: bool = True,
               on_op_data: Callable[[str, QuantOp, OpData], None] | None = None,
@@ -189,6 +191,11 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             calibration of the same model, config and images, the finished units are skipped and the result
             is bit-identical to an uninterrupted run's; otherwise it is ignored (one log line says why).
             Removed after a successful calibration (unless the checkpoint object says ``keep``).
+            Not used in a data-parallel run (the ranks' states would have to be saved together).
+
+    In a data-parallel run (``torchrun``, :mod:`vitq.distributed`) every rank calls this with its own shard
+    of the images (:func:`vitq.distributed.shard`); the statistics the searches need are combined across
+    ranks, so every rank ends with the model one process calibrated on all the images would have.
 
     Returns:
         A :class:`CalibrationReport` with the objective before/after the search of every op.
@@ -203,6 +210,9 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     gen = torch.Generator().manual_seed(config.seed)
     ops = quant_ops(model)
     ckpt = CalibrationCheckpoint.of(checkpoint)
+    if ckpt is not None and is_distributed():
+        log.warning("calibration checkpoint %s not used: a data-parallel run does not resume", ckpt.path)
+        ckpt = None
     fp = fingerprint(model, config, batches, info.model_spec) if ckpt is not None else None  # before any change
     searches = {name: op_search_spec(config, recipe.search, name) for name in ops}
     # recipe work before each unit's ops: SQ-b / RepQ folding, Hessian output weights (None for most recipes)
@@ -223,7 +233,7 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
 
     was_training = model.training
     model.eval()
-    report = CalibrationReport(method=config.method, num_images=sum(b.shape[0] for b in batches))
+    report = CalibrationReport(method=config.method, num_images=shard_count(sum(b.shape[0] for b in batches)))
     unit_names = [u for u, _ in units]
     start, inputs, seconds_before = 0, None, 0.0
     # reconstruction's targets: the float parameters, copied before a search or a resumed state changes them

@@ -67,6 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitq.calibration.search.alternating import expected_output_error
+from vitq.distributed import shard_count, shard_sum
 
 if TYPE_CHECKING:
     from vitq.calibration.search import OpData
@@ -79,13 +80,14 @@ _CHUNK_ROWS = 16384
 
 
 def input_hessian(inputs: torch.Tensor) -> torch.Tensor:
-    """``H = 2/n X^T X`` in float64, ``X = inputs.reshape(-1, Cin)`` (n rows), accumulated in chunks."""
+    """``H = 2/n X^T X`` in float64, ``X = inputs.reshape(-1, Cin)`` (n rows), accumulated in chunks; in a
+    data-parallel calibration over every rank's rows (the ranks' sums of ``X^T X`` added)."""
     x = inputs.detach().reshape(-1, inputs.shape[-1])
     h = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], _CHUNK_ROWS):
         c = x[i: i + _CHUNK_ROWS].double()
         h.addmm_(c.T, c)
-    return h.mul_(2.0 / max(1, x.shape[0]))
+    return shard_sum(h).mul_(2.0 / max(1, shard_count(x.shape[0])))
 
 
 def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -259,4 +261,4 @@ def _recorrect_bias(op: QuantOp, data: OpData) -> None:
             out = op.compute(qa(data.a[i: i + chunk]), wq)
             e = expected_output_error(out, data.target[i: i + chunk], op.channel_dim) * out.shape[0]
             err = e if err is None else err + e
-    op.bias.copy_((op.bias.double() - err / n).to(op.bias.dtype))
+    op.bias.copy_((op.bias.double() - shard_sum(err) / shard_count(n)).to(op.bias.dtype))

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from vitq.calibration.search.data import OpData
 from vitq.calibration.search.loss import output_grad_squares
+from vitq.distributed import shard_batches
 from vitq.nn.qops import QuantOp
 from vitq.transforms.smoothing import SmoothingRecord, smooth_unit
 
@@ -50,7 +51,9 @@ class UnitPreparation:
 
     def before_unit(self, name: str, unit: nn.Module, inputs, unit_ops: dict[str, QuantOp]) -> None:
         if self.smoothing is not None:
-            recs = smooth_unit(unit, inputs, self.smoothing, alpha=self.config.smoothquant_alpha,
+            # the factors are statistics of all the images: a data-parallel calibration folds on every
+            # rank's inputs (gathered; the same tensors as one process, so the same factors bit for bit)
+            recs = smooth_unit(unit, shard_batches(inputs), self.smoothing, alpha=self.config.smoothquant_alpha,
                                value_rows=self.config.sqb_proj, is_quantized=lambda m: isinstance(m, QuantOp))
             for r in recs:
                 r.norm = f"{name}.{r.norm}"

@@ -14,6 +14,12 @@ argparse's usage errors, ``vitq COMMAND: error: ...``; Ctrl-C: ``vitq: interrupt
   configuration ...), a file that cannot be read or written (``OSError``: no such file, permission denied,
   no space left, naming the path), a file that is not valid JSON or UTF-8 text, a corrupt safetensors file;
 - 130: interrupted (Ctrl-C), without a traceback.
+
+Data-parallel runs: under ``torchrun --nproc-per-node N -m vitq COMMAND ...`` (``WORLD_SIZE`` > 1) every rank
+joins the process group (:func:`vitq.distributed.init_from_env`: gloo on ``--device cpu``, nccl on
+``--device cuda``), works on its shard of the images and rank 0 writes. A rank that fails prints its error,
+prefixed with its rank, and posts it for the others, which stop without a second message; a rank that
+hangs is named, after ``--dist-timeout`` seconds, by the lowest rank still running.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -55,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="debug logging, and the traceback of any error")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: one GPU per rank, "
+                                                    "cuda:LOCAL_RANK, backend nccl; cpu uses gloo)")
+    ap.add_argument("--dist-timeout", type=positive_int, default=None, metavar="SECONDS",
+                    help="under torchrun: stop every rank when one does not reach a collective within this "
+                         "many seconds, naming it (default 600, or $VITQ_DIST_TIMEOUT)")
     sub = ap.add_subparsers(dest="command", title="commands", help="one of (vitq COMMAND --help for its flags):")
     quantize.add_parser(sub)
     evaluate.add_parser(sub)
@@ -130,21 +142,56 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return EXIT_OK
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parallel = _env_rank() is not None  # one log stream: rank 0's (the others warn), and its progress bars
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if not parallel or _env_rank() == 0
+                        else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     try:
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
+        if parallel:
+            from vitq import distributed
+
+            distributed.init_from_env(args.device, args.dist_timeout)
         rc = _commands()[args.command](args)
     except KeyboardInterrupt:
         _fail("vitq: interrupted", args.verbose)
         return EXIT_INTERRUPTED
     except Exception as e:
         message, code = error_message(e, args.verbose)
+        if parallel:
+            return _fail_parallel(e, message, code, args.verbose)
         _fail(f"vitq: error: {message}", args.verbose)
         return code
+    finally:
+        if parallel:
+            from vitq import distributed
+
+            distributed.shutdown()
     log.info("done in %.1fs", time.perf_counter() - t0)
     return rc
+
+
+def _env_rank() -> int | None:
+    """``RANK`` under a launcher with ``WORLD_SIZE`` > 1 (``torchrun``), else None."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _fail_parallel(e: Exception, message: str, code: int, verbose: bool) -> int:
+    """One error line for the whole run: the failing rank's (posted for the others, which stay silent), or,
+    for ranks that never reached a collective, the lowest rank that did."""
+    from vitq import distributed
+
+    distributed.report_failure(e)
+    if isinstance(e, distributed.DistributedError):
+        if e.from_peer:
+            return code
+        if e.missing_ranks and distributed.rank() != min(set(range(distributed.world_size())) - set(e.missing_ranks)):
+            return code
+    _fail(f"vitq: error (rank {distributed.rank()} of {distributed.world_size()}): {message}", verbose)
+    return code

@@ -77,9 +77,13 @@ def check_methods(args: argparse.Namespace, methods: list[str], origin: dict[str
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from vitq import distributed
     from vitq.bench.runner import ABLATION_METHODS, TABLE1_METHODS, run_bench, with_peer_methods
+    from vitq.errors import ConfigError
 
     if args.mp:
+        if distributed.is_distributed():
+            raise ConfigError("vitq bench --mp runs in one process: run it without torchrun")
         return cmd_bench_mp(args)
     methods = list(args.methods or TABLE1_METHODS)
     peers = [m for m in with_peer_methods(tuple(methods)) if m not in methods] if args.peers else []
@@ -93,7 +97,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
                   seed=args.seed, search=args.search, config_overrides=extended_overrides(args),
                   peers=args.peers)
-        print(f"wrote {args.out}/{name}.json and {name}.md")
+        if distributed.is_main():
+            print(f"wrote {args.out}/{name}.json and {name}.md")
     return 0
 
 

@@ -1,6 +1,10 @@
 """``vitq eval``: top-1 of a float model (``--model``), of a saved quantized one (``--quantized DIR``, plain
 or packed) or of an ONNX file in ONNX Runtime (``--onnx FILE``, preprocessing from the file's metadata), and
-the agreement of the latter two with the float model (rebuilt from the spec they record)."""
+the agreement of the latter two with the float model (rebuilt from the spec they record).
+
+Under ``torchrun`` each rank evaluates its shard of the images (``--model`` / ``--quantized``; ONNX Runtime
+runs in one process): top-1 from the correct counts summed over ranks, the agreement from the per-image
+predictions gathered in order, printed by rank 0; the numbers are those of one process."""
 
 from __future__ import annotations
 
@@ -49,11 +53,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_data_sources(args, "--data")  # before anything heavy is imported
+    from vitq import distributed
     from vitq.data.sources import load_images
-    from vitq.eval.metrics import agreement, predict, top1
+    from vitq.eval.sharded import agreement_all, predict_shard, top1_all
     from vitq.models.loading import float_model_from_spec, model_data_config
 
     if args.onnx:
+        if distributed.is_distributed():
+            raise DataFormatError("--onnx runs ONNX Runtime in one process: run it without torchrun")
         return cmd_eval_onnx(args)
     if args.quantized:
         qmodel = load_saved_arg(args.quantized)  # plain or packed
@@ -67,18 +74,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dc = model_data_config(model)
         name = args.model
     src = args.data or DEFAULT_TEST
-    data = load_images(src, dc, num=args.num_test, seed=args.seed)
-    res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
-    ref = predict(model, data.images, batch_size=args.batch_size, progress=True, desc="float") if model else None
+    data = load_images(src, dc, num=args.num_test, seed=args.seed, shard=True)  # this rank's block (all: 1 process)
+    res: dict = {"model": name, "data": src, "num_test": data.num_total}
+    distributed.check_same_model(qmodel if qmodel is not None else model)
+    device = distributed.local_device(getattr(args, "device", "cpu"))
+    for m in (model, qmodel):
+        if m is not None:
+            m.to(device)
+    # each rank its shard of the images; counts and predictions combined over ranks (vitq.eval.sharded)
+    ref = (predict_shard(model, data.images, batch_size=args.batch_size, progress=True, desc="float", sharded=True)
+           if model else None)
     if ref is not None and data.labels is not None:
-        res["top1_float"] = top1(ref, data.labels)
+        res["top1_float"] = top1_all(ref, data.labels)
     if qmodel is not None:
-        out = predict(qmodel, data.images, batch_size=args.batch_size, progress=True, desc="quantized")
+        out = predict_shard(qmodel, data.images, batch_size=args.batch_size, progress=True, desc="quantized",
+                            sharded=True)
         if data.labels is not None:
-            res["top1"] = top1(out, data.labels)
+            res["top1"] = top1_all(out, data.labels)
         if ref is not None:
-            res["agreement_with_float"] = agreement(out, ref)
-    print(json.dumps(res, indent=2))
+            res["agreement_with_float"] = agreement_all(out, ref)
+    if distributed.is_distributed():
+        res["world_size"] = distributed.world_size()
+    with distributed.main_first("printing the results") as writer:
+        if writer:
+            print(json.dumps(res, indent=2))
     return 0
 
 

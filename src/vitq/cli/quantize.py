@@ -4,6 +4,11 @@ With no arguments it runs the embedded default: the Fashion-MNIST ViT shipped wi
 of its shipped train images with the Liu et al. method at W8A8, evaluated on the 2,000 shipped test images.
 Mixed precision (``--mp``, ``--plan``) comes from :mod:`vitq.cli.mp_search`, the report (``--no-report``)
 from :mod:`vitq.cli.report`; ``--packed`` saves the weights packed at their bit-widths.
+
+Under ``torchrun`` (:mod:`vitq.distributed`) every rank calibrates and evaluates its shard of the images
+and rank 0 alone checks ``--out``, saves, prints the summary and writes the report; the saved model is the
+one a single process makes. A mixed-precision search (``--mp``) runs on all the calibration images on every
+rank (replicated), and a data-parallel calibration does not resume.
 """
 
 from __future__ import annotations
@@ -74,9 +79,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
     import vitq
+    from vitq import distributed
     from vitq.calibration.checkpoint import CalibrationCheckpoint, checkpoint_path_for
     from vitq.data.sources import load_images
-    from vitq.eval.metrics import agreement, predict, sqnr_db, top1
+    from vitq.eval.sharded import agreement_all, predict_shard, sqnr_db_all, top1_all
     from vitq.export.packing import save_packed
     from vitq.export.serialization import check_output_path, save_quantized
     from vitq.models.loading import model_data_config
@@ -87,17 +93,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise VitqError("--calib DIR is required for this model (a folder of calibration images)")
     tag = args.model.split(":", 1)[1].replace("/", "_")
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
-    check_output_path(out, args.overwrite)  # before any work: never destroy input, never lose a calibration
+    if distributed.is_main():  # rank 0 writes (the other ranks may not even see its file system)
+        check_output_path(out, args.overwrite)  # before any work: never destroy input, never lose a calibration
     eval_src = args.eval_data or (DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
-    model = float_model_from_args(args)
+    model = float_model_from_args(args).to(distributed.local_device(getattr(args, "device", "cpu")))
+    distributed.check_same_model(model)
     dc = model_data_config(model)
     calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
     qmodel = vitq.quantize(model, config, strict=args.strict)
     coverage = vitq.get_quant_info(qmodel).coverage
-    resume = CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
-    report = vitq.calibrate(qmodel, calib.images, checkpoint=resume)
+    resume = (CalibrationCheckpoint(checkpoint_path_for(out), resume=not args.no_resume, keep=True)  # until saved
+              if not distributed.is_distributed() else None)  # a data-parallel run does not resume
+    report = vitq.calibrate(qmodel, distributed.shard(calib.images, "calibration images"), checkpoint=resume,
+                            progress=distributed.is_main())
     vitq.freeze(qmodel)
     # with a mixed-precision plan the uniform --bits only set the budget: report the bits used (bits_min/max)
     bits = ({"base_bits": config.w_bits} if mp_info.get("mixed_precision")
@@ -111,18 +121,25 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if coverage.get("uncaptured"):
         summary["not_quantized"] = coverage["uncaptured"]
     if eval_src:
-        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
-        ref = predict(model, test.images, progress=True, desc="float")
-        out_q = predict(qmodel, test.images, progress=True, desc="quantized")
-        sqnr = sqnr_db(ref, out_q)  # inf when the outputs are identical: JSON has no inf, write null
-        summary.update(num_test=int(test.images.shape[0]), agreement=agreement(out_q, ref),
+        # each rank loads and predicts its block; counts and predictions combined over ranks (vitq.eval.sharded)
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed, shard=True)
+        ref = predict_shard(model, test.images, progress=True, desc="float", sharded=True)
+        out_q = predict_shard(qmodel, test.images, progress=True, desc="quantized", sharded=True)
+        sqnr = sqnr_db_all(ref, out_q)  # inf when the outputs are identical: JSON has no inf, write null
+        summary.update(num_test=test.num_total, agreement=agreement_all(out_q, ref),
                        logits_sqnr_db=sqnr if math.isfinite(sqnr) else None)
         if test.labels is not None:
-            summary.update(top1_float=top1(ref, test.labels), top1=top1(out_q, test.labels))
+            summary.update(top1_float=top1_all(ref, test.labels), top1=top1_all(out_q, test.labels))
+    if distributed.is_distributed():
+        summary["world_size"] = distributed.world_size()
     save = save_packed if args.packed else save_quantized  # --packed: weights stored at their bit-widths
-    save(qmodel, out, extra={"summary": summary, "calibration": report.to_dict()}, overwrite=args.overwrite)
-    resume.remove()
-    print(json.dumps(summary, indent=2))  # the save itself is logged (vitq.export), once
-    if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
-        report_after_quantize(qmodel, model, calib.images, out, summary, report.to_dict())
+    with distributed.main_first("saving " + str(out)) as writer:  # every rank done and well, then rank 0 alone
+        if writer:
+            save(qmodel.cpu(), out, extra={"summary": summary, "calibration": report.to_dict()},
+                 overwrite=args.overwrite)
+            if resume is not None:
+                resume.remove()
+            print(json.dumps(summary, indent=2))  # the save itself is logged (vitq.export), once
+            if not getattr(args, "no_report", False):  # report.md + plots (vitq.report.run_report)
+                report_after_quantize(qmodel, model.cpu(), calib.images, out, summary, report.to_dict())
     return 0

@@ -67,10 +67,11 @@ def load_image(path: Path, cfg: DataConfig) -> torch.Tensor:
         raise CalibrationDataError(f"cannot read image {path}: {e}") from e
 
 
-def load_folder(root: str | Path, cfg: DataConfig, *, num: int | None = None, seed: int = 0
+def load_folder(root: str | Path, cfg: DataConfig, *, num: int | None = None, seed: int = 0, block=None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
     """Load up to ``num`` images (a seeded random sample when the folder holds more) as one tensor; a
-    folder holding fewer than ``num`` logs a warning and gives all it has.
+    folder holding fewer than ``num`` logs a warning and gives all it has. ``block(n)`` (a range of
+    ``0..n-1``, e.g. :func:`vitq.distributed.shard_range`) decodes only that block of the ``n`` sampled images.
 
     Returns:
         ``(images (N, C, H, W), labels (N,) or None, class names or None)``.
@@ -80,6 +81,9 @@ def load_folder(root: str | Path, cfg: DataConfig, *, num: int | None = None, se
     idx = subsample(len(lst.paths), num, seed, f"image folder {root}")  # warns if it holds fewer than num
     if idx is None:
         idx = list(range(len(lst.paths)))
+    if block is not None:
+        r = block(len(idx))
+        idx = idx[r.start: r.stop]
     images = torch.stack([load_image(lst.paths[i], cfg) for i in idx])
     labels = torch.tensor([lst.labels[i] for i in idx]) if lst.labels is not None else None
     log.info("loaded %d images from %s", len(idx), root)

@@ -22,6 +22,13 @@ class ImageSet:
     images: torch.Tensor  # (N, C, H, W), preprocessed for the model
     labels: torch.Tensor | None
     source: str
+    #: images over every rank when this set is one rank's block (``load_images(..., shard=True)``), else None
+    total: int | None = None
+
+    @property
+    def num_total(self) -> int:
+        """Images in the whole sample (every rank's block)."""
+        return self.images.shape[0] if self.total is None else self.total
 
 
 def subsample(n_total: int, num: int | None, seed: int, source: object = None) -> list[int] | None:

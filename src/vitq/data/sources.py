@@ -15,12 +15,39 @@ from __future__ import annotations
 from vitq.data.checks import BUILTIN_PREFIXES, check_source
 from vitq.data.imageset import ImageSet, subsample
 from vitq.data.transforms import DataConfig, normalize_uint8
+from vitq.errors import CalibrationDataError
 
 __all__ = ["BUILTIN_PREFIXES", "ImageSet", "check_source", "load_images"]
 
 
-def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0) -> ImageSet:
-    """Load ``num`` images (seeded random sample; all when ``None``) from ``source``, preprocessed by ``cfg``."""
+def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0, shard: bool = False
+                ) -> ImageSet:
+    """Load ``num`` images (seeded random sample; all when ``None``) from ``source``, preprocessed by ``cfg``.
+
+    ``shard=True``: in a data-parallel run (``torchrun``), only this rank's contiguous block of the sample
+    (:func:`vitq.distributed.shard_range`; a folder decodes only those files), with ``total`` the size of the
+    whole sample; the same as ``shard=False`` in one process.
+    """
+    from vitq import distributed
+
+    if shard and distributed.is_distributed():
+        def block(n: int) -> range:
+            if n < distributed.world_size():
+                raise CalibrationDataError(f"{n} images of {source} cannot be split over {distributed.world_size()} "
+                                           "ranks: give at least one per rank")
+            return distributed.shard_range(n)
+
+        if not source.startswith(("fmnist:", "fmnist-subset:", "hf:", "foolbox:")):
+            from vitq.data.folder import load_folder
+
+            total = []
+            images, labels, _ = load_folder(source, cfg, num=num, seed=seed,
+                                            block=lambda n: total.append(n) or block(n))
+            return ImageSet(images, labels, source, total=total[0])
+        full = load_images(source, cfg, num=num, seed=seed)  # in memory already (arrays, a dataset, 20 samples)
+        r = block(full.images.shape[0])
+        return ImageSet(full.images[r.start: r.stop], None if full.labels is None else full.labels[r.start: r.stop],
+                        source, total=full.images.shape[0])
     if source.startswith(("fmnist:", "fmnist-subset:")):
         from vitq.data import fashion_mnist as fm
 

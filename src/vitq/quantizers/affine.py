@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from vitq.distributed import shard_max, shard_min
 from vitq.quantizers.base import SearchableQuantizer
 
 
@@ -34,7 +35,7 @@ class AffineQuantizer(SearchableQuantizer):
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
-        lo, hi = x.detach().min().float(), x.detach().max().float()
+        lo, hi = shard_min(x.detach().min()).float(), shard_max(x.detach().max()).float()
         s = ((hi - lo) / self.qmax).clamp_min(1e-12)
         self.scale.copy_(s)
         self.zero_point.copy_(torch.round(-lo / s))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitq.distributed import shard_max, shard_rows
 from vitq.quantizers.base import LossFn, SearchableQuantizer
 
 #: RepQ-ViT's Delta candidates: quantiles of the calibration activations
@@ -90,12 +91,15 @@ class LogSqrt2Quantizer(LogQuantizer):
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
-        self.scale.copy_(x.detach().max().clamp_min(1e-12))
+        self.scale.copy_(shard_max(x.detach().max()).clamp_min(1e-12))
 
     @torch.no_grad()
     def search(self, x: torch.Tensor, loss_fn: LossFn, current_loss: float, base: torch.Tensor,
                factors: Sequence[float], exhaustive: bool = False) -> float:
-        candidates = [x.detach().max()] + [quantile(x, p) for p in REPQ_QUANTILES]
+        # statistics of every rank's samples in a data-parallel calibration (gathered for the quantiles)
+        everything = shard_rows(x)
+        candidates = [everything.detach().max()] + [quantile(everything, p) for p in REPQ_QUANTILES]
+        del everything
         losses = [loss_fn(self.fake_quant_with(x, c.clamp_min(1e-12))) for c in candidates]
         i = min(range(len(losses)), key=losses.__getitem__)
         if losses[i] < current_loss:

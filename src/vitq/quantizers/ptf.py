@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from vitq.distributed import shard_count, shard_max, shard_sum
 from vitq.quantizers.base import SearchableQuantizer
 from vitq.quantizers.uniform import fake_quantize
 
@@ -39,10 +40,12 @@ class PowerOfTwoFactorQuantizer(SearchableQuantizer):
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
         xc = x.detach().reshape(-1, x.shape[-1]).float()
-        per_channel = (xc.abs().amax(dim=0) / self.qmax).clamp_min(1e-12)
+        per_channel = (shard_max(xc.abs().amax(dim=0)) / self.qmax).clamp_min(1e-12)
         delta = per_channel.max() / 2**self.max_exponent
+        # mean squared error per channel over every rank's rows (float64 sums: the same up to summation order)
+        rows = shard_count(xc.shape[0])
         errs = torch.stack([
-            (fake_quantize(xc, delta * 2**a, self.bits) - xc).pow(2).mean(dim=0)
+            shard_sum((fake_quantize(xc, delta * 2**a, self.bits) - xc).pow(2).sum(dim=0, dtype=torch.float64)) / rows
             for a in range(self.max_exponent + 1)
         ])  # (K+1, C)
         self.scale.copy_(delta)

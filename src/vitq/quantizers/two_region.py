@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitq.distributed import shard_max, shard_min
 from vitq.errors import ConfigError
 from vitq.quantizers.base import LossFn, SearchableQuantizer
 from vitq.quantizers.grid import coarse_indices, coarse_to_fine
@@ -139,12 +140,12 @@ class TwoRegionQuantizer(SearchableQuantizer):
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
         self._searched = False
-        pos = (x.detach().max().clamp_min(TINY) / self.qmax).float()
+        pos = (shard_max(x.detach().max()).clamp_min(TINY) / self.qmax).float()
         self.scale.copy_(pos)
         if self.mode == "ptq4vit":
             self.neg_scale.copy_(self._ptq4vit_neg())
             return
-        lo = float(-x.detach().min().clamp(max=0))
+        lo = float(-shard_min(x.detach().min()).clamp(max=0))
         # the largest power-of-two ratio whose negative codes still reach min(x)
         k = self.max_log2_ratio if lo == 0 else int(torch.log2(pos * 2 ** (self.bits - 1) / lo).floor().item())
         self.neg_scale.copy_(pos / 2 ** min(max(k, 0), self.max_log2_ratio))
@@ -161,7 +162,7 @@ class TwoRegionQuantizer(SearchableQuantizer):
                 return loss
             return current_loss
         grid = torch.linspace(self.fractions[0], self.fractions[1], max(2, len(factors))).tolist()
-        top = x.detach().max().clamp_min(TINY) / self.qmax
+        top = shard_max(x.detach().max()).clamp_min(TINY) / self.qmax
 
         def loss_at(k: int, j: int) -> float:
             pos = top * grid[j]
@@ -221,7 +222,7 @@ class TwinUniformQuantizer(SearchableQuantizer):
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
         self._searched = False
-        coarse = self._coarse_ptq4vit() if self.mode == "ptq4vit" else x.detach().max().clamp_min(TINY) / self.qmax
+        coarse = self._coarse_ptq4vit() if self.mode == "ptq4vit" else shard_max(x.detach().max()).clamp_min(TINY) / self.qmax
         self.scale.copy_(coarse)
         # PTQ4ViT initialises the split point (top of R1) at 0.01
         split = 0.01
@@ -242,7 +243,7 @@ class TwinUniformQuantizer(SearchableQuantizer):
                 return losses[k]
             return current_loss
         grid = torch.linspace(self.fractions[0], self.fractions[1], max(2, len(factors))).tolist()
-        top = x.detach().max().clamp_min(TINY) / self.qmax
+        top = shard_max(x.detach().max()).clamp_min(TINY) / self.qmax
 
         def loss_at(k: int, j: int) -> float:
             c = top * grid[j]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vitq.distributed import shard_max
 from vitq.errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -153,8 +154,9 @@ class UniformQuantizer(nn.Module):
         return q.to(int_dtype(self.bits, self.signed))
 
     def init_max(self, x: torch.Tensor) -> None:
-        """Set the interval to cover ``max|x|`` (per tensor or per channel)."""
-        self.scale.copy_(max_scale(x, self.bits, self.signed, self.axis).reshape(self.scale.shape))
+        """Set the interval to cover ``max|x|`` (per tensor or per channel; in a data-parallel calibration,
+        over every rank's ``x``: the interval is monotonic in the maximum, so the ranks' largest is exact)."""
+        self.scale.copy_(shard_max(max_scale(x, self.bits, self.signed, self.axis)).reshape(self.scale.shape))
 
     @property
     def qmin(self) -> int:

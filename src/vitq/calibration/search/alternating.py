@@ -37,6 +37,7 @@ from vitq.calibration.search.fast import FastEvaluator
 from vitq.calibration.search.loss import make_loss
 from vitq.calibration.search.problem import OpProblem
 from vitq.calibration.search.reference import DirectEvaluator
+from vitq.distributed import shard_sum
 from vitq.nn.qops import QuantOp
 from vitq.quantizers.base import SearchableQuantizer
 from vitq.recipes.base import SIMILARITY_OBJECTIVES as OBJECTIVES
@@ -79,7 +80,7 @@ def correct_bias(p: OpProblem) -> None:
     for rows, out in p.outputs(a_q, b_q):
         e = expected_output_error(out, p.data.target[rows], p.channel_dim)
         err += e * (rows.stop - rows.start)
-    err /= p.n
+    err = shard_sum(err) / p.n_total  # every rank's samples in a data-parallel calibration
     with torch.no_grad():
         p.op.bias.copy_(corrected_bias(p.bias0, p.op.bias.detach(), err))
 

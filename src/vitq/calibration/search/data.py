@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vitq.distributed import shard_rows
+
 
 @dataclass
 class OpCalibrationResult:
@@ -32,8 +34,9 @@ class OpData:
 
 
 def percentile_scale(x: torch.Tensor, percentile: float, qmax: int, generator: torch.Generator) -> torch.Tensor:
-    """Interval whose top code reaches the given percentile of |x| (the Percentile baseline)."""
-    a = x.detach().abs().reshape(-1).float()
+    """Interval whose top code reaches the given percentile of |x| (the Percentile baseline); in a
+    data-parallel calibration, of every rank's samples (gathered: the single-process value, bit for bit)."""
+    a = shard_rows(x.detach()).abs().reshape(-1).float()
     if a.numel() > (1 << 24):  # kthvalue on a deterministic sample keeps memory bounded
         a = a[torch.randint(0, a.numel(), (1 << 24,), generator=generator)]
     k = max(1, min(a.numel(), int(round(percentile / 100.0 * a.numel()))))

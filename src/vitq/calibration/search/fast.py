@@ -52,6 +52,7 @@ from vitq.calibration.search.data import OpData
 from vitq.calibration.search.loss import OutputLoss
 from vitq.calibration.search.problem import OpProblem
 from vitq.calibration.search.score_moments import ScoreMoments
+from vitq.distributed import shard_sum
 from vitq.quantizers.grid import best_index, walk
 from vitq.quantizers.kernels import codes_into, fake_quant_into
 from vitq.quantizers.uniform import UniformQuantizer, quantize
@@ -198,7 +199,7 @@ class FastEvaluator:
                     out.add_(bias.detach())
                 yield rows, out.view(rows.stop - rows.start, -1)
 
-        return self.loss.mean(outputs(), self.n)
+        return self.problem.mean_of(outputs())
 
     def _search_int(self, which: int, base: torch.Tensor, current_loss: float, factors: list[float]) -> float:
         """Coarse-to-fine over the grid (as :meth:`_search_grid`), each candidate by an integer GEMM."""
@@ -230,7 +231,8 @@ class FastEvaluator:
         if not self.data.b_is_weight or not self.is_linear or self.loss.ranking is not None:
             return False
         cout, cin = self.data.b.shape
-        need = 4 * self.n * (cout * cin + cin * cin)
+        # all ranks' samples: every rank of a data-parallel calibration takes the single-process path
+        need = 4 * self.problem.n_total * (cout * cin + cin * cin)
         if need > MOMENT_BUDGET_BYTES:
             return False
         setup, per_candidate, direct = self._moment_costs()
@@ -241,11 +243,11 @@ class FastEvaluator:
         on moments (W_q^T W_q, an int8 GEMM for per-tensor codes, and its products with M and G), and
         one direct evaluation of the Linear."""
         cout, cin = self.data.b.shape
-        tokens = self.data.a.numel() // cin
+        tokens = self.data.a.numel() // cin // self.n * self.problem.n_total  # all ranks' (see _moments_apply)
         speed = INT_GEMM_SPEEDUP if self.use_int else 1.0
         gram_speed = speed if self.qb.scale.numel() == 1 else 1.0
         setup = tokens * cin * (cout + cin)
-        per_candidate = cout * cin * cin / gram_speed + self.n * cin * (cout + cin)
+        per_candidate = cout * cin * cin / gram_speed + self.problem.n_total * cin * (cout + cin)
         return setup, per_candidate, tokens * cin * cout / speed
 
     def _moment_evaluator(self, base: torch.Tensor, factors: list[float]):
@@ -339,7 +341,7 @@ class FastEvaluator:
         """Mean over samples of the objective from per-sample moments; one value per candidate column."""
         obj = self.loss.objective
         if obj == "mse":
-            return ((o_sq - 2 * cross + sq_hat) / d).mean(dim=0)
+            return self._sample_mean((o_sq - 2 * cross + sq_hat) / d)
         if obj == "pearson":
             cov = cross - o_sum * sum_hat / d
             var_o = o_sq - o_sum.pow(2) / d
@@ -348,7 +350,11 @@ class FastEvaluator:
             cov, var_o, var_h = cross, o_sq, sq_hat
         den = (var_o.clamp_min(0) * var_h.clamp_min(0)).sqrt()
         sim = torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(cov))
-        return -sim.mean(dim=0)
+        return -self._sample_mean(sim)
+
+    def _sample_mean(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """Mean over dim 0 (samples) over every rank's samples (``mean(dim=0)`` in one process)."""
+        return shard_sum(per_sample.sum(dim=0)) / self.problem.n_total
 
     # -- (4) attention scores by moments ------------------------------------------------------------------
     def _score_moments_apply(self, which: int) -> bool:
@@ -369,7 +375,7 @@ class FastEvaluator:
         :class:`~vitq.calibration.search.score_moments.ScoreMoments`, confirmed as the weight moments are."""
         q, other_q, x, other = self.problem.operands(which)
         moments = ScoreMoments(which, other_q.fake_quant_with(other, other_q.scale), self.loss.stats, self.loss.ranking,
-                               self.loss.gamma)
+                               self.loss.gamma, n_total=self.problem.n_total)
         old = q.scale.clone()
         # the current interval, on the same footing as the candidates
         cache = {-1: moments.loss(self._fq_into(q, x, old))}

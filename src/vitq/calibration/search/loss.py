@@ -50,6 +50,11 @@ class OutputLoss:
     moments: bool = False
 
     def mean(self, chunks: Chunks, n: int) -> float:
+        return self.sum(chunks) / n
+
+    def sum(self, chunks: Chunks) -> float:
+        """The sum over the samples of the chunks of the per-sample loss (a data-parallel search adds the
+        ranks' sums, :meth:`~vitq.calibration.search.problem.OpProblem.mean_of`)."""
         raise NotImplementedError
 
 
@@ -67,13 +72,13 @@ class SimilarityLoss(OutputLoss):
     def objective(self) -> str:
         return self.stats.objective
 
-    def mean(self, chunks: Chunks, n: int) -> float:
+    def sum(self, chunks: Chunks) -> float:
         total = 0.0
         for rows, out in chunks:
             total += objective_sum(out, self.stats, rows)
             if self.ranking is not None:
                 total += self.gamma * self.ranking.loss_sum(out, rows)
-        return total / n
+        return total
 
 
 class HessianLoss(OutputLoss):
@@ -87,12 +92,12 @@ class HessianLoss(OutputLoss):
                             f"{tuple(data.target.shape)}; got {None if w is None else tuple(w.shape)}")
         self.target, self.weight = data.target, w
 
-    def mean(self, chunks: Chunks, n: int) -> float:
+    def sum(self, chunks: Chunks) -> float:
         total = 0.0
         for rows, out in chunks:
             d = out - self.target[rows]
             total += (d.pow(2) * self.weight[rows]).sum().item()
-        return total / n
+        return total
 
 
 def make_loss(spec: SearchSpec, data: OpData, role: str, *, ranking_gamma: float, ranking_pairs: int,

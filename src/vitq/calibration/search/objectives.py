@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vitq.distributed import shard_count, shard_sum
 from vitq.quantizers.kernels import sample_moments
 
 
@@ -86,7 +87,8 @@ class RankingPairs:
             p = torch.randint(0, w, (num_pairs,), generator=generator)
             q = (p + torch.randint(1, w, (num_pairs,), generator=generator)) % w  # q != p
         d = scores[..., p] - scores[..., q]
-        scale = d.abs().mean().item() or 1.0
+        # float64 sum over every rank's samples: the same mean, up to summation order, on any number of ranks
+        scale = shard_sum(d.abs().sum(dtype=torch.float64).item()) / shard_count(d.numel()) or 1.0
         return cls(p=p, q=q, sign=torch.sign(d), scale=scale, margin=margin)
 
     def pair_matrix(self, w: int, dtype: torch.dtype) -> torch.Tensor:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 
 from vitq.calibration.search.data import OpData
-from vitq.calibration.search.loss import OutputLoss
+from vitq.calibration.search.loss import Chunks, OutputLoss
+from vitq.distributed import shard_count, shard_sum
 from vitq.nn.qops import QuantOp
 
 # Output elements per evaluation chunk: bounds the temporary memory of one candidate evaluation.
@@ -38,6 +39,8 @@ class OpProblem:
         self.compute = compute or op.compute
         self.channel_dim = op.channel_dim if channel_dim is None else channel_dim
         self.n = data.a.shape[0]
+        #: samples on every rank of a data-parallel calibration (``n`` in one process): losses are means over them
+        self.n_total = shard_count(self.n)
         per_sample = max(1, data.target[0].numel())
         self.chunk = max(1, CHUNK_ELEMENTS // per_sample)
         self.has_bias = getattr(op, "bias", None) is not None and op.role in ("linear", "conv")
@@ -63,9 +66,14 @@ class OpProblem:
         for rows in self.rows():
             yield rows, self.compute(a_q[rows], self.b_rows(b_q, rows))
 
+    def mean_of(self, chunks: Chunks) -> float:
+        """The loss strategy's mean over all samples (every rank's, in a data-parallel calibration) of an
+        output given in chunks of this rank's samples."""
+        return shard_sum(self.loss.sum(chunks)) / self.n_total
+
     def loss_of(self, a_q: torch.Tensor, b_q: torch.Tensor) -> float:
         """The loss of already fake-quantized operands, by direct evaluation."""
-        return self.loss.mean(self.outputs(a_q, b_q), self.n)
+        return self.mean_of(self.outputs(a_q, b_q))
 
     def current_loss(self) -> float:
         """The loss of the intervals in force, by direct evaluation."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from vitq.calibration.search.objectives import RankingPairs, TargetStats, objective_from_moments
+from vitq.distributed import shard_sum
 
 
 def _per_sample_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -39,13 +40,15 @@ class ScoreMoments:
         stats: the float output's statistics (the similarity objective).
         ranking: the ranking pairs of Eq. 10, or None.
         gamma: weight of the ranking loss.
+        n_total: samples on every rank of a data-parallel calibration (default: this rank's).
     """
 
     def __init__(self, which: int, fixed: torch.Tensor, stats: TargetStats, ranking: RankingPairs | None,
-                 gamma: float = 0.0):
+                 gamma: float = 0.0, n_total: int | None = None):
         self.which, self.stats, self.ranking, self.gamma = which, stats, ranking, gamma
         n = fixed.shape[0]
         self.n = n
+        self.n_total = n if n_total is None else n_total
         self.rows = slice(0, n)
         if which == 0:
             b = fixed  # (n, ..., d, T2)
@@ -82,4 +85,4 @@ class ScoreMoments:
         if self.ranking is not None:
             m = xq @ self.bd if self.which == 0 else self.a @ (xq @ self.d)
             loss += self.gamma * self.ranking.hinge_sum(m, self.rows)
-        return loss / self.n
+        return shard_sum(loss) / self.n_total
