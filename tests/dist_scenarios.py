@@ -23,8 +23,11 @@ import torch  # noqa: E402
 
 #: the recipes whose distributed calibration must equal one process's: Liu et al. (Pearson + ranking + bias
 #: correction), MPTQ-ViT (SQ-b folding, OPT-m two-region quantizer), GPTQ rounding, PTQ4ViT (Hessian
-#: objective, twin-uniform quantizers), RepQ-ViT (quantiles, affine and log-sqrt2 quantizers), Percentile
-METHODS = ("liu2021", "mptq", "liu2021-gptq", "gptq", "ptq4vit", "repq-vit", "percentile")
+#: objective, twin-uniform quantizers), RepQ-ViT (quantiles, affine and log-sqrt2 quantizers), Percentile,
+#: block reconstruction
+METHODS = ("liu2021", "mptq", "liu2021-gptq", "gptq", "ptq4vit", "repq-vit", "percentile", "liu2021-pc-recon")
+#: block reconstruction: a few steps, the search on the first 4 images (all on rank 0: gathered, replicated)
+RECON = {"recon_iters": 5, "search_images": 4}
 NUM_CALIB, NUM_TEST = 8, 10
 
 
@@ -53,7 +56,8 @@ def quantize_all(methods=METHODS) -> dict:
     calib, test, labels = images()
     out: dict = {"states": {}, "reports": {}}
     for m in methods:
-        cfg = vitq.QuantConfig(method=m, num_candidates=16, max_iters=2, seed=0)
+        cfg = vitq.QuantConfig(method=m, num_candidates=16, max_iters=2, seed=0,
+                               **(RECON if m.endswith("-recon") else {}))
         q = vitq.quantize(model, cfg)
         rep = vitq.calibrate(q, distributed.shard(calib), progress=False)
         vitq.freeze(q)

@@ -132,8 +132,8 @@ class QuantConfig:
         recon_iters: block reconstruction steps per unit (:mod:`vitq.calibration.reconstruction`); ``0``
             turns a recipe's reconstruction off, ``None`` takes the recipe's, another value adds it (with
             the default settings of :class:`vitq.recipes.Reconstruction`) to any recipe.
-        search_images: the interval search (and GPTQ) sees only the first this many calibration images,
-            rounded up to whole batches of ``batch_size``; block reconstruction and the LayerNorm
+        search_images: the interval search (and GPTQ) sees only the first this many calibration images;
+            block reconstruction and the LayerNorm
             transforms see them all. ``None``: all. Reconstruction wants hundreds to thousands of
             images, the search a few dozen.
     """

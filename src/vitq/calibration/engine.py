@@ -32,8 +32,8 @@ from vitq.calibration.preparation import UnitPreparation
 from vitq.calibration.reconstruction import FloatReference, reconstruct_unit
 from vitq.calibration.search import OpCalibrationResult, OpData, percentile_scale, search_op
 from vitq.config import QuantConfig
-from vitq.distributed import is_distributed, shard_count, sharded
-from vitq.errors import CalibrationDataError, VitqError
+from vitq.distributed import is_distributed, shard_batches, shard_count, sharded
+from vitq.errors import CalibrationDataError, ConfigError, VitqError
 from vitq.info import get_quant_info
 from vitq.models.base import adapter_by_name
 from vitq.nn.qops import QuantOp, quant_ops
@@ -223,6 +223,9 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
     prep = UnitPreparation.build(model, config, recipe, searches,
                                  [a[0] for a, _ in _first_images([((b,), {}) for b in batches], search_limit)],
                                  info.forward)
+    if search_limit is not None and is_distributed() and any(s.objective == "hessian" for s in searches.values()):
+        raise ConfigError("the Hessian objective with search_images (or a reconstruction recipe) does not run "
+                          "data-parallel yet: run it in one process")
     for op in ops.values():
         op.set_enabled(False)
     units = adapter.calibration_units(model)
@@ -253,33 +256,37 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
             inputs = capture_unit_inputs(model, unit, batches, info.forward)
         if prep is not None:
             prep.before_unit(uname, unit, inputs, unit_ops)
-        search_inputs = _first_images(inputs, search_limit)
-        for name, calls in _op_call_order(unit, inputs, unit_ops).items():
-            op = unit_ops[name]
-            bar.set_postfix_str(name)
-            t_op = time.perf_counter()
-            op_data = _collect_op_data(unit, search_inputs, op, name, calls)
-            if prep is not None:
-                prep.update_op_data(name, op_data)
-            spec = searches[name]
-            _init_intervals(op, op_data, spec.init, config.percentile, gen)
-            if on_op_data is not None:
-                on_op_data(name, op, op_data)
-            if spec.objective is not None:
-                res = search_op(op, name, op_data, spec, num_candidates=config.num_candidates,
-                                max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
-                                ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
-                                generator=gen, search=config.search)
-            else:
-                res = OpCalibrationResult(name=name, role=op.role)
-            if op.has_weight and config.weight_rounding_for(name, recipe) == "gptq":  # on the grid just searched
-                apply_gptq(op, name, op_data, bias_correction=spec.bias_correction)
-            qa, qb = op.quantizers()
-            res.scales = (qa.scale.flatten().tolist(), qb.scale.flatten().tolist())
-            report.ops.append(res)
-            op.set_enabled(True)
-            log.debug("calibrated %s in %.2fs: loss %s -> %s", name, time.perf_counter() - t_op, res.loss_start, res.loss_end)
-            del op_data
+        # the search's images: the first ``search_limit`` of all; in a data-parallel run with a limit they
+        # are gathered from the ranks and every rank searches them alike (replicated, exact)
+        local = search_limit is not None and is_distributed()
+        search_inputs = _first_images(shard_batches(inputs) if local else inputs, search_limit)
+        with sharded(not local):
+            for name, calls in _op_call_order(unit, inputs, unit_ops).items():
+                op = unit_ops[name]
+                bar.set_postfix_str(name)
+                t_op = time.perf_counter()
+                op_data = _collect_op_data(unit, search_inputs, op, name, calls)
+                if prep is not None:
+                    prep.update_op_data(name, op_data)
+                spec = searches[name]
+                _init_intervals(op, op_data, spec.init, config.percentile, gen)
+                if on_op_data is not None:
+                    on_op_data(name, op, op_data)
+                if spec.objective is not None:
+                    res = search_op(op, name, op_data, spec, num_candidates=config.num_candidates,
+                                    max_iters=config.max_iters, tol=config.tol, ranking_gamma=config.ranking_gamma,
+                                    ranking_pairs=config.ranking_pairs, ranking_margin=config.ranking_margin,
+                                    generator=gen, search=config.search)
+                else:
+                    res = OpCalibrationResult(name=name, role=op.role)
+                if op.has_weight and config.weight_rounding_for(name, recipe) == "gptq":  # on the grid just searched
+                    apply_gptq(op, name, op_data, bias_correction=spec.bias_correction)
+                qa, qb = op.quantizers()
+                res.scales = (qa.scale.flatten().tolist(), qb.scale.flatten().tolist())
+                report.ops.append(res)
+                op.set_enabled(True)
+                log.debug("calibrated %s in %.2fs: loss %s -> %s", name, time.perf_counter() - t_op, res.loss_start, res.loss_end)
+                del op_data
         if float_ref is not None:
             bar.set_postfix_str(f"{uname} (reconstruction)")
             float_inputs, float_outputs = float_ref.unit_io(model, unit, batches, info.forward)
@@ -311,16 +318,27 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
 
 
 def _first_images(inputs: list, limit: int | None) -> list:
-    """The first batches of ``inputs`` holding at least ``limit`` images (all of them for ``None``)."""
+    """The first ``limit`` images of ``inputs`` (per-batch ``(args, kwargs)``; all of them for ``None``): whole
+    batches, then the first rows of the batch that crosses the limit (tensors whose first dimension is
+    the batch's are sliced)."""
     if limit is None:
         return inputs
     out, n = [], 0
     for args, kwargs in inputs:
         if n >= limit:
             break
-        out.append((args, kwargs))
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        n += first.shape[0] if first is not None else 1
+        b = first.shape[0] if first is not None else 1
+        if first is not None and n + b > limit:
+            k = limit - n
+
+            def cut(x, b=b, k=k):
+                return x[:k] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == b else x
+
+            args, kwargs = tuple(cut(a) for a in args), {key: cut(v) for key, v in kwargs.items()}
+            b = k
+        out.append((args, kwargs))
+        n += b
     return out
 
 

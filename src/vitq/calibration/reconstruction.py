@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from vitq.calibration.capture import capture_unit_inputs, run_unit
+from vitq.distributed import shard_rows, sharded
 from vitq.errors import VitqError
 from vitq.nn.qops import QuantOp, quantization_disabled
 from vitq.quantizers.uniform import UniformQuantizer
@@ -194,7 +195,14 @@ def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], i
         batch_size: forward batch size of the before/after measurements.
     """
     t0 = time.perf_counter()
-    x_q, x_f, target = _stack(inputs, name), _stack(float_inputs, name), torch.cat(float_outputs)
+    # in a data-parallel run every rank gathers all the rows and trains alike (replicated: exact, no faster)
+    x_q, x_f = shard_rows(_stack(inputs, name)), shard_rows(_stack(float_inputs, name))
+    target = shard_rows(torch.cat(float_outputs))
+    with sharded(False):
+        return _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size, t0)
+
+
+def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size, t0) -> ReconstructionResult:
     before = _loss(unit, x_q, target, batch_size)
     intervals = _learned_intervals(unit_ops) if spec.lr_scale > 0 else []
     saved = {k: v.clone() for k, v in unit.state_dict().items()}
