@@ -1,0 +1,134 @@
+"""Detection metrics: DETR outputs to COCO detections, and COCO mAP through ``pycocotools`` (COCOeval).
+
+The mAP is COCOeval's, never a home-made AP: ``map`` is AP@[.50:.95] (all areas, 100 detections per
+image), ``map50`` AP@.50, ``map75`` AP@.75. pycocotools prints its progress to stdout; that goes to the
+debug log instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vitq.errors import DataFormatError
+
+logger = logging.getLogger(__name__)
+
+#: names of COCOeval's 12 summary statistics, in ``COCOeval.stats`` order
+COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")
+
+
+def _require_pycocotools():
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("COCO mAP needs pycocotools: pip install 'vitq[detection]' (or pycocotools)") from e
+    return COCO, COCOeval
+
+
+@contextlib.contextmanager
+def _quiet():
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    if buf.getvalue().strip():
+        logger.debug("pycocotools: %s", buf.getvalue().strip())
+
+
+def coco_from_dict(dataset: dict):
+    """A ``pycocotools.coco.COCO`` ground truth built from an instances dict (no file needed)."""
+    COCO, _ = _require_pycocotools()
+    with _quiet():
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+    return gt
+
+
+def detr_detections(logits: torch.Tensor, pred_boxes: torch.Tensor, image_ids: Sequence[int],
+                    sizes: Sequence[tuple[int, int]], category_ids: Sequence[int]) -> list[dict]:
+    """COCO result dicts from DETR outputs, one detection per query (DETR's post-processing).
+
+    Args:
+        logits: ``(B, Q, K+1)``, the last class being "no object".
+        pred_boxes: ``(B, Q, 4)`` normalised ``(cx, cy, w, h)`` relative to each image's *unpadded* size.
+        image_ids: COCO image id of each of the B images.
+        sizes: ``(height, width)`` in pixels of each image as annotated.
+        category_ids: COCO category id of each of the K model classes.
+
+    Each query gives its most probable real class, scored by that class's softmax probability; the box is
+    converted to ``[x, y, w, h]`` in pixels.
+    """
+    if logits.shape[-1] != len(category_ids) + 1:
+        raise DataFormatError(f"the detector predicts {logits.shape[-1] - 1} classes (+ no-object) but the "
+                              f"annotations have {len(category_ids)} categories")
+    probs = logits.float().softmax(-1)[..., :-1]
+    scores, labels = probs.max(-1)
+    out = []
+    for b, image_id in enumerate(image_ids):
+        h, w = sizes[b]
+        cx, cy, bw, bh = pred_boxes[b].float().unbind(-1)
+        xywh = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], -1)
+        for q in range(logits.shape[1]):
+            out.append({"image_id": int(image_id), "category_id": int(category_ids[int(labels[b, q])]),
+                        "bbox": [round(float(v), 3) for v in xywh[q]], "score": float(scores[b, q])})
+    return out
+
+
+@dataclass
+class DetectionMetrics:
+    """COCOeval's summary (fractions 0..1) and how many images and objects it was computed on."""
+
+    stats: dict[str, float]
+    num_images: int
+    num_objects: int
+
+    @property
+    def map(self) -> float:
+        return self.stats["map"]
+
+    @property
+    def map50(self) -> float:
+        return self.stats["map50"]
+
+
+def coco_map(gt, detections: list[dict], image_ids: Sequence[int] | None = None) -> DetectionMetrics:
+    """COCO mAP of ``detections`` against the ground truth ``gt`` (a ``COCO`` object or an instances dict).
+
+    ``image_ids`` restricts the evaluation to those images (default: every image of ``gt``). Detections
+    on images that are not in ``gt`` are an error (a mismatched annotation file would otherwise give a
+    silently wrong mAP). Images without objects are evaluated as COCOeval does (their detections are false
+    positives). No detection at all gives mAP 0, as no ground truth at all gives mAP -1 in COCOeval; the
+    latter is an error here.
+    """
+    _, COCOeval = _require_pycocotools()
+    if isinstance(gt, dict):
+        gt = coco_from_dict(gt)
+    ids = sorted(gt.getImgIds()) if image_ids is None else sorted(int(i) for i in image_ids)
+    known = set(gt.getImgIds())
+    unknown = sorted({int(d["image_id"]) for d in detections} - known) + sorted(set(ids) - known)
+    if unknown:
+        raise DataFormatError(f"{len(unknown)} image ids are not in the annotations (first: {unknown[:5]}): "
+                              "the detections or the image list do not belong to this annotation file")
+    num_objects = len(gt.getAnnIds(imgIds=ids, iscrowd=False))
+    if num_objects == 0:
+        raise DataFormatError(f"the {len(ids)} evaluated images hold no annotated object: mAP is undefined")
+    dets = [d for d in detections if int(d["image_id"]) in set(ids)]
+    if not dets:
+        logger.warning("no detections on %d images: mAP 0", len(ids))
+        return DetectionMetrics(dict.fromkeys(COCO_STATS, 0.0), len(ids), num_objects)
+    with _quiet():
+        res = gt.loadRes(dets)
+        ev = COCOeval(gt, res, "bbox")
+        ev.params.imgIds = ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return DetectionMetrics({k: float(v) for k, v in zip(COCO_STATS, ev.stats)}, len(ids), num_objects)
