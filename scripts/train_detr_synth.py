@@ -109,7 +109,7 @@ def main() -> int:
     p.add_argument("--eval-every-min", type=float, default=7.0)
     p.add_argument("--val-num", type=int, default=300)
     p.add_argument("--test-num", type=int, default=1000)
-    p.add_argument("--probe-steps", type=int, default=30)
+    p.add_argument("--probe-steps", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench-steps", type=int, default=0, help="time this many steps and exit, writing nothing")
@@ -160,8 +160,10 @@ def main() -> int:
     eval_cost = 0.0
     loss_avg = None
     while True:
+        if step == 10:
+            t_probe = time.time()
         if total_steps is None and step == args.probe_steps:
-            per_step = (time.time() - t_start) / step
+            per_step = (time.time() - t_probe) / (step - 10)
             # leave room for the evaluations (~1 per eval_every) and the final test evaluation
             usable = budget_s - (time.time() - t_start) - 240
             total_steps = step + int(usable / (per_step * 1.08))
@@ -190,7 +192,7 @@ def main() -> int:
                 be.copy_(bm)
         loss_avg = out.loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * out.loss.item()
         if step % 100 == 0:
-            ld = {k: round(float(out.loss_dict[k]), 3) for k in ("loss_ce", "loss_bbox", "loss_giou") if k in out.loss_dict}
+            ld = {k: round(out.loss_dict[k].item(), 3) for k in ("loss_ce", "loss_bbox", "loss_giou") if k in out.loss_dict}
             log(f"step {step}/{total_steps} loss {loss_avg:.3f} {ld} lr {opt.param_groups[1]['lr']:.2e} "
                 f"elapsed {time.time() - t_start:.0f}s")
         done = total_steps is not None and step >= total_steps
