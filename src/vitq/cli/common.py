@@ -44,6 +44,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iters", type=positive_int, help="alternating search rounds at most (default 20)")
     p.add_argument("--per-channel", action="store_true", default=None, help="per-output-channel weight intervals")
     p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
+    p.add_argument("--quantize-backbone", action="store_true", default=None,
+                   help="quantize a detector's CNN backbone too (DETR; off by default, as Liu et al.)")
     p.add_argument("--config", type=existing_file, help="a QuantConfig JSON file; flags given explicitly override it")
     add_seed_arg(p)
     add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized, --weight-rounding
@@ -150,6 +152,7 @@ def config_from_args(args: argparse.Namespace):
         "max_iters": args.max_iters,
         "per_channel_weights": args.per_channel,
         "quantize_head": args.quantize_head,
+        "quantize_backbone": args.quantize_backbone,
         "seed": args.seed,
         **extended_config_fields(args),
     }

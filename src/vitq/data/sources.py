@@ -6,6 +6,8 @@
 - ``fmnist:train`` / ``fmnist:test``: the full Fashion-MNIST from the Debian package dataset-fashion-mnist.
 - ``hf:NAME_OR_DIR[:SPLIT]``: a Hugging Face ``datasets`` data set from the hub or a ``save_to_disk`` folder
   (needs ``vitq[hf-datasets]``; see :mod:`vitq.data.hf_datasets`).
+- ``coco:DIR`` / ``coco:IMAGE_DIR:ANNOTATIONS.json`` / ``detr-synth:val|test``: detection images with COCO
+  annotations (see :mod:`vitq.data.coco`).
 - ``foolbox:imagenet`` / ``foolbox:cifar10`` (also ``cifar100``, ``mnist``, ``fashionMNIST``): the 20 labelled
   samples of the ``foolbox==3.3.4`` wheel, for smoke tests (see :mod:`vitq.data.foolbox_samples`).
 """
@@ -20,7 +22,14 @@ __all__ = ["BUILTIN_PREFIXES", "ImageSet", "check_source", "load_images"]
 
 
 def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: int = 0) -> ImageSet:
-    """Load ``num`` images (seeded random sample; all when ``None``) from ``source``, preprocessed by ``cfg``."""
+    """Load ``num`` images (seeded random sample; all when ``None``) from ``source``, preprocessed by ``cfg``.
+
+    A detection source (``coco:``, ``detr-synth:``) gives a :class:`vitq.data.coco.DetectionSet` (its
+    ``images`` may carry a pixel-mask channel; ``labels`` is None, the ground truth is in ``gt``)."""
+    if source.startswith(("coco:", "detr-synth:")):
+        from vitq.data.coco import load_coco
+
+        return load_coco(source, cfg, num=num, seed=seed)
     if source.startswith(("fmnist:", "fmnist-subset:")):
         from vitq.data import fashion_mnist as fm
 

@@ -67,8 +67,8 @@ def detr_detections(logits: torch.Tensor, pred_boxes: torch.Tensor, image_ids: S
     converted to ``[x, y, w, h]`` in pixels.
     """
     if logits.shape[-1] != len(category_ids) + 1:
-        raise DataFormatError(f"the detector predicts {logits.shape[-1] - 1} classes (+ no-object) but the "
-                              f"annotations have {len(category_ids)} categories")
+        raise DataFormatError(f"the detector predicts {logits.shape[-1] - 1} classes (+ no-object) but "
+                              f"{len(category_ids)} category ids were given (see model_category_ids)")
     probs = logits.float().softmax(-1)[..., :-1]
     scores, labels = probs.max(-1)
     out = []
@@ -132,3 +132,64 @@ def coco_map(gt, detections: list[dict], image_ids: Sequence[int] | None = None)
         ev.accumulate()
         ev.summarize()
     return DetectionMetrics({k: float(v) for k, v in zip(COCO_STATS, ev.stats)}, len(ids), num_objects)
+
+
+def model_category_ids(num_classes: int, category_ids: Sequence[int]) -> list[int]:
+    """The COCO category id of each of a detector's ``num_classes`` classes.
+
+    A model with one class per category (vitq's synthetic set, a model trained on a remapped set) reads
+    them in sorted order; a model with more classes than the largest category id (the published DETR
+    checkpoints: 91 classes indexed by COCO category id, gaps included) uses the class index as the id.
+    Anything else cannot be matched to the annotations and is an error.
+    """
+    cats = sorted(int(c) for c in category_ids)
+    if num_classes == len(cats):
+        return cats
+    if num_classes > max(cats):
+        return list(range(num_classes))
+    raise DataFormatError(f"the detector predicts {num_classes} classes but the annotations have {len(cats)} "
+                          f"categories with ids up to {max(cats)}: cannot tell which class is which category")
+
+
+@torch.no_grad()
+def predict_detections(model, images: torch.Tensor, image_ids: Sequence[int], sizes: Sequence[tuple[int, int]],
+                       category_ids: Sequence[int], *, forward=None, batch_size: int = 16, progress: bool = False,
+                       desc: str = "eval") -> list[dict]:
+    """COCO detections of a DETR-style detector (outputs with ``logits`` and ``pred_boxes``) on ``images``.
+
+    ``forward(model, batch)`` runs a batch (default ``model(batch)``; a quantized model's
+    ``vitq_info.forward`` unpacks a pixel-mask channel). Raises :class:`UnsupportedModelError` for a model
+    whose outputs are not DETR's and :class:`NonFiniteError` for NaN/inf outputs.
+    """
+    from tqdm.auto import tqdm
+
+    from vitq.errors import NonFiniteError, UnsupportedModelError
+
+    model.eval()
+    device = next(model.parameters()).device
+    dets: list[dict] = []
+    start = 0
+    cats = None
+    for b in tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress):
+        out = forward(model, b.to(device)) if forward else model(b.to(device))
+        logits, boxes = getattr(out, "logits", None), getattr(out, "pred_boxes", None)
+        if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor) or logits.dim() != 3:
+            raise UnsupportedModelError(f"{type(model).__name__} is not a DETR-style detector: its output "
+                                        f"{type(out).__name__} has no (B, queries, classes) logits and pred_boxes")
+        if not (torch.isfinite(logits).all() and torch.isfinite(boxes).all()):
+            raise NonFiniteError(f"{desc}: non-finite detector outputs in images {start}..{start + b.shape[0] - 1}; "
+                                 "no mAP is computed from them")
+        if cats is None:
+            cats = model_category_ids(logits.shape[-1] - 1, category_ids)
+        n = b.shape[0]
+        dets += detr_detections(logits.cpu(), boxes.cpu(), image_ids[start:start + n], sizes[start:start + n], cats)
+        start += n
+    return dets
+
+
+def evaluate_detection(model, dset, *, forward=None, batch_size: int = 16, progress: bool = False,
+                       desc: str = "eval") -> DetectionMetrics:
+    """COCO mAP of a detector on a :class:`vitq.data.coco.DetectionSet`."""
+    dets = predict_detections(model, dset.images, dset.image_ids, dset.sizes, dset.category_ids, forward=forward,
+                              batch_size=batch_size, progress=progress, desc=desc)
+    return coco_map(dset.gt, dets, dset.image_ids)

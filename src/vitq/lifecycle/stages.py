@@ -140,6 +140,8 @@ class SwapModules(Stage):
             model = copy.deepcopy(model)
         model.eval()
         skip = set() if config.quantize_head else set(adapter.head_names(model))
+        if not config.quantize_backbone:
+            skip |= set(adapter.backbone_names(model))
         kept_float = _float_by_plan(model, config)
         n = _swap(model, "", config, recipe, skip | kept_float)
         ops = quant_ops(model)
@@ -156,7 +158,7 @@ class SwapModules(Stage):
                               f"(ops are named like {', '.join(list(ops)[:3])}, ...)")
         data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
         model.vitq_info = QuantInfo(config=config, adapter=adapter.name, data_config=data_config,
-                                    model_spec=spec_source)
+                                    model_spec=spec_source, forward=adapter.forward)
         state.model = model
         state.notes.update(adapter=adapter.name, swapped=n, float_by_plan=sorted(kept_float))
         log.info("quantize: %s adapter swapped %d modules; %d quantized ops", adapter.name, n, len(ops))

@@ -8,6 +8,7 @@ what input the model expects. Adapters register with :func:`register_adapter`.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
@@ -35,8 +36,16 @@ class ModelAdapter:
         """Qualified names of the classification head modules (kept float unless ``quantize_head``)."""
         return []
 
+    def backbone_names(self, model: nn.Module) -> list[str]:
+        """Qualified names of a CNN backbone's modules (a detector's; kept float unless ``quantize_backbone``)."""
+        return []
+
     def data_config(self, model: nn.Module) -> DataConfig:
         return DataConfig()
+
+    def forward(self, model: nn.Module, images: torch.Tensor):
+        """How a batch of preprocessed images runs through the model (calibration and evaluation use it)."""
+        return model(images)
 
     def attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The quantized attention modules (after swapping), for reporting and mixed precision."""
@@ -51,6 +60,7 @@ _ADAPTER_MODULES = (
     "vitq.models.timm_swin",
     "vitq.models.hf_vit",
     "vitq.models.hf_swin",
+    "vitq.models.hf_detr",
 )
 _loaded = False
 
