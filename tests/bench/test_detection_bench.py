@@ -1,0 +1,55 @@
+"""The Table 2 analog runs end to end on a tiny random DETR and a tiny COCO folder: rows, scopes, table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("pycocotools")
+
+from vitq.bench import detection as bench  # noqa: E402
+from vitq.data.synth_detection import SynthSpec, write_coco_split  # noqa: E402
+from vitq.models.detr_synth import build_detr_synth, detr_synth_data_config  # noqa: E402
+from vitq.models.zoo import ZooModel, register_zoo_model  # noqa: E402
+
+TINY = dict(in_chans=1, image_size=64, widths=[8, 16, 16], depth=1, d_model=32, encoder_layers=1, decoder_layers=1,
+            heads=4, ffn_dim=64, num_queries=5, num_labels=10)
+
+
+@register_zoo_model("test-detr-tiny")
+def _tiny() -> ZooModel:
+    import torch
+
+    torch.manual_seed(0)
+    return ZooModel(build_detr_synth(TINY).eval(), detr_synth_data_config(TINY))
+
+
+def _pool():
+    rng = np.random.default_rng(0)
+    imgs = np.zeros((20, 28, 28), np.uint8)
+    imgs[:, 6:22, 6:22] = rng.integers(100, 255, size=(20, 1, 1))
+    return imgs, np.arange(20) % 10
+
+
+def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
+    spec = SynthSpec(canvas=64, min_size=12, max_size=28, max_objects=2)
+    val = write_coco_split(tmp_path / "val", "val", 4, spec=spec, pool=_pool())
+    test = write_coco_split(tmp_path / "test", "test", 4, spec=spec, pool=_pool())
+    monkeypatch.setitem(bench.DETECTION_MODELS, "tiny", ("vitq:test-detr-tiny", f"coco:{val}", f"coco:{test}"))
+    rows = bench.run_detection_bench("tiny", bits=(8,), methods=("minmax", "liu2021"), num_calib=4,
+                                     out_dir=tmp_path, command="test")
+    assert [(r["method"], r["scope"]) for r in rows] == [
+        ("float", "none"), ("minmax", "encoder"), ("minmax", "encoder+decoder"),
+        ("liu2021", "encoder"), ("liu2021", "encoder+decoder")]
+    for r in rows:
+        assert r["task"] == "detection" and 0.0 <= r["map"] <= 1.0 and r["num_test"] == 4
+        assert r["map_float"] == rows[0]["map"] and "load_avg" in r and r["origin"]
+    saved = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    assert len(saved) == 5
+    enc, full = rows[1], rows[2]
+    assert enc["size_mb"] > full["size_mb"]  # decoder weights counted at 32 bits in the encoder-only row
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| minmax |" in md and "Encoder only" in md
