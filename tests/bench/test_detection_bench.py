@@ -40,7 +40,7 @@ def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
     test = write_coco_split(tmp_path / "test", "test", 4, spec=spec, pool=_pool())
     monkeypatch.setitem(bench.DETECTION_MODELS, "tiny", ("vitq:test-detr-tiny", f"coco:{val}", f"coco:{test}"))
     rows = bench.run_detection_bench("tiny", bits=(8,), methods=("minmax", "liu2021"), num_calib=4,
-                                     out_dir=tmp_path, command="test")
+                                     out_dir=tmp_path, command="test", onnx_methods=("liu2021",))
     assert [(r["method"], r["scope"]) for r in rows] == [
         ("float", "none"), ("minmax", "encoder"), ("minmax", "encoder+decoder"),
         ("liu2021", "encoder"), ("liu2021", "encoder+decoder")]
@@ -51,5 +51,6 @@ def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
     assert len(saved) == 5
     enc, full = rows[1], rows[2]
     assert enc["size_mb"] > full["size_mb"]  # decoder weights counted at 32 bits in the encoder-only row
+    assert abs(rows[4]["map_ort"] - rows[4]["map"]) <= 0.005 and "map_ort" not in rows[2]
     md = (tmp_path / "tiny.md").read_text()
-    assert "| minmax |" in md and "Encoder only" in md
+    assert "| minmax |" in md and "Encoder only" in md and "ONNX Runtime" in md

@@ -47,9 +47,13 @@ def _load() -> str:
 def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...] = (8, 6, 4),
                         methods: tuple[str, ...] = TABLE2_METHODS, num_calib: int = 32, num_test: int | None = None,
                         out_dir: str | Path = "benchmarks/results", seed: int = 0, quantize_backbone: bool = False,
-                        command: str | None = None, batch_size: int = 50) -> list[dict]:
+                        command: str | None = None, batch_size: int = 50,
+                        onnx_methods: tuple[str, ...] = ("liu2021",)) -> list[dict]:
     """Run the Table 2 analog for one detection model; rows are merged into ``<out_dir>/<model>.json`` as they
-    finish (a failed method gets a row with its error, the others go on) and a markdown table is written."""
+    finish (a failed method gets a row with its error, the others go on) and a markdown table is written.
+
+    For ``onnx_methods`` at 8 bits or fewer, the encoder+decoder model is also exported to ONNX QDQ and
+    evaluated in ONNX Runtime (``map_ort``, ``map50_ort`` in its row)."""
     if model_name not in DETECTION_MODELS:
         raise vitq.errors.ConfigError(f"unknown detection benchmark model {model_name!r}; "
                                       f"choose from {sorted(DETECTION_MODELS)}")
@@ -102,10 +106,13 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                                    desc=f"{method} W{b}A{b} {scope}")
             sizes = {n: (32 if not op.quant_enabled else op.quantizers()[1].bits)
                      for n, op in quant_ops(q).items() if op.has_weight}
-            new.append({**head, "scope": scope, "map": round(m.map, 4), "map50": round(m.map50, 4),
-                        "map75": round(m.stats["map75"], 4), "size_mb": round(model_size_mb(q, sizes), 4),
-                        "calib_seconds": round(rep.seconds, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
-                        "load_avg": _load(), **cfg.recipe().row_fields(cfg)})
+            row = {**head, "scope": scope, "map": round(m.map, 4), "map50": round(m.map50, 4),
+                   "map75": round(m.stats["map75"], 4), "size_mb": round(model_size_mb(q, sizes), 4),
+                   "calib_seconds": round(rep.seconds, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
+                   "load_avg": _load(), **cfg.recipe().row_fields(cfg)}
+            if scope == "encoder+decoder" and method in onnx_methods and b <= 8:
+                row.update(_ort_map(q, test, Path(out_dir) / f".{model_name}-onnx", batch_size))
+            new.append(row)
             log.info("%s %s W%dA%d %s: mAP %.4f (float %.4f), calib %.1fs", model_name, method, b, b, scope, m.map,
                      ref.map, rep.seconds)
         rows += new
@@ -113,6 +120,18 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
         del q
     write_detection_table(results, model_name)
     return rows
+
+
+def _ort_map(q, test, workdir: Path, batch_size: int) -> dict:
+    """mAP of the quantized model exported to ONNX QDQ and run in ONNX Runtime (2 threads)."""
+    from vitq.export.onnx_detr import OrtDetector, export_detr_onnx
+
+    try:
+        path = export_detr_onnx(q, workdir / "model.onnx", example=test.images[:2])
+        m = evaluate_detection(OrtDetector(path, threads=2), test, batch_size=batch_size, progress=True, desc="onnx")
+    except (vitq.errors.VitqError, ImportError) as e:
+        return {"ort_error": f"{type(e).__name__}: {e}"}
+    return {"map_ort": round(m.map, 4), "map50_ort": round(m.map50, 4)}
 
 
 def _cell(rows: list[dict], method: str, bits: int, scope: str) -> str:
@@ -141,6 +160,12 @@ def write_detection_table(results: Path, model_name: str) -> Path:
                   "|---|" + "---|" * len(bits)]
         lines += [f"| {m} | " + " | ".join(_cell(rows, m, b, scope) for b in bits) + " |" for m in methods]
         lines.append("")
+    ort = [r for r in rows if r.get("map_ort") is not None]
+    if ort:
+        lines += ["## ONNX Runtime (QDQ export) vs simulation, encoder+decoder", "",
+                  "| method | bits | mAP sim | mAP ORT | mAP50 sim | mAP50 ORT |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | W{r['w_bits']}A{r['a_bits']} | {100 * r['map']:.1f} | {100 * r['map_ort']:.1f} | "
+                  f"{100 * r['map50']:.1f} | {100 * r['map50_ort']:.1f} |" for r in ort] + [""]
     errors = [r for r in rows if r.get("error")]
     if errors:
         lines += ["## Errors", ""] + [f"- {r['method']} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
