@@ -164,3 +164,14 @@ def test_non_detr_detector_is_rejected():
 
     with pytest.raises(UnsupportedModelError, match="hf-detr"):
         vitq.quantize(Detector(), vitq.QuantConfig())
+
+
+def test_hf_folder_loads_as_a_detector(tmp_path):
+    from vitq.models.loading import create_model
+
+    model = stock_detr()
+    model.save_pretrained(tmp_path)
+    loaded = create_model(f"hf:{tmp_path}")
+    assert isinstance(loaded, DetrForObjectDetection) and get_adapter(loaded).name == "hf-detr"
+    x = images(channels=3, n=2)
+    assert (outputs(loaded, x) - outputs(model, x)).abs().max() == 0

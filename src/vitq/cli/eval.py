@@ -24,6 +24,7 @@ EXAMPLES = f"""examples:
   vitq eval --quantized runs/fmnist-vit-liu2021-w8a8 --num-test 500
   vitq eval --onnx model.onnx --ort-threads 4
   vitq eval --model timm:vit_small_patch16_224 --checkpoint vit_s.safetensors --data val_images/
+  vitq eval --model vitq:detr-synth --data detr-synth:test      COCO mAP of a detector (or coco:DIR)
 """
 
 
@@ -69,6 +70,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     src = args.data or DEFAULT_TEST
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
     res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
+    if src.startswith(("coco:", "detr-synth:")):  # a detector: COCO mAP (vitq.eval.detection)
+        from vitq.eval.detection import detection_summary
+
+        res.update(detection_summary(model, qmodel, data, batch_size=args.batch_size))
+        print(json.dumps(res, indent=2))
+        return 0
     ref = predict(model, data.images, batch_size=args.batch_size, progress=True, desc="float") if model else None
     if ref is not None and data.labels is not None:
         res["top1_float"] = top1(ref, data.labels)

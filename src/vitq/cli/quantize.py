@@ -101,7 +101,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     summary = {"model": args.model, "method": config.method, **bits,
                "num_calib": int(calib.images.shape[0]), "calib": calib_src, "calib_seconds": round(report.seconds, 2),
                **mp_info}
-    if eval_src:
+    if eval_src and eval_src.startswith(("coco:", "detr-synth:")):  # a detector: COCO mAP (vitq.eval.detection)
+        from vitq.eval.detection import detection_summary
+
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
+        summary.update(detection_summary(model, qmodel, test))
+    elif eval_src:
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
         ref = predict(model, test.images, progress=True, desc="float")
         out_q = predict(qmodel, test.images, progress=True, desc="quantized")

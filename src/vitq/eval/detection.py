@@ -193,3 +193,20 @@ def evaluate_detection(model, dset, *, forward=None, batch_size: int = 16, progr
     dets = predict_detections(model, dset.images, dset.image_ids, dset.sizes, dset.category_ids, forward=forward,
                               batch_size=batch_size, progress=progress, desc=desc)
     return coco_map(dset.gt, dets, dset.image_ids)
+
+
+def detection_summary(model, qmodel, dset, *, batch_size: int = 16, progress: bool = True) -> dict:
+    """``vitq eval`` / ``vitq quantize`` figures on a detection set: ``map``/``map50`` of the quantized model
+    (``qmodel``, may be None) and ``map_float``/``map50_float`` of the float one (``model``, may be None)."""
+    from vitq.models.base import get_adapter
+
+    res: dict = {"task": "detection", "num_test": len(dset.image_ids), "num_objects": dset.num_objects}
+    if model is not None:
+        m = evaluate_detection(model, dset, forward=get_adapter(model).forward, batch_size=batch_size,
+                               progress=progress, desc="float")
+        res.update(map_float=round(m.map, 4), map50_float=round(m.map50, 4))
+    if qmodel is not None:
+        m = evaluate_detection(qmodel, dset, forward=qmodel.vitq_info.forward, batch_size=batch_size,
+                               progress=progress, desc="quantized")
+        res.update(map=round(m.map, 4), map50=round(m.map50, 4))
+    return res
