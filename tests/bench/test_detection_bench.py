@@ -39,8 +39,15 @@ def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
     val = write_coco_split(tmp_path / "val", "val", 4, spec=spec, pool=_pool())
     test = write_coco_split(tmp_path / "test", "test", 4, spec=spec, pool=_pool())
     monkeypatch.setitem(bench.DETECTION_MODELS, "tiny", ("vitq:test-detr-tiny", f"coco:{val}", f"coco:{test}"))
-    rows = bench.run_detection_bench("tiny", bits=(8,), methods=("minmax", "liu2021"), num_calib=4,
-                                     out_dir=tmp_path, command="test", onnx_methods=("liu2021",))
+    rows = bench.run_detection_bench("tiny", bits=(8, 6), methods=("minmax", "liu2021"), num_calib=4,
+                                     out_dir=tmp_path, command="test", onnx_methods=("liu2021",),
+                                     mp_methods=("nuclear",))
+    mp_rows = [r for r in rows if r.get("mixed_precision")]
+    assert [(r["w_bits"], r["mp_method"], r["scope"]) for r in mp_rows] == [(6, "nuclear", "encoder"),
+                                                                          (6, "nuclear", "encoder+decoder")]
+    assert mp_rows[1]["size_mb"] <= next(r for r in rows if r["method"] == "liu2021" and r["w_bits"] == 6
+                                         and r["scope"] == "encoder+decoder")["size_mb"] + 1e-6
+    rows = [r for r in rows if r["w_bits"] in (8, 32)]
     assert [(r["method"], r["scope"]) for r in rows] == [
         ("float", "none"), ("minmax", "encoder"), ("minmax", "encoder+decoder"),
         ("liu2021", "encoder"), ("liu2021", "encoder+decoder")]
@@ -48,9 +55,9 @@ def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
         assert r["task"] == "detection" and 0.0 <= r["map"] <= 1.0 and r["num_test"] == 4
         assert r["map_float"] == rows[0]["map"] and "load_avg" in r and r["origin"]
     saved = json.loads((tmp_path / "tiny.json").read_text())["rows"]
-    assert len(saved) == 5
+    assert len(saved) == 11
     enc, full = rows[1], rows[2]
     assert enc["size_mb"] > full["size_mb"]  # decoder weights counted at 32 bits in the encoder-only row
     assert abs(rows[4]["map_ort"] - rows[4]["map"]) <= 0.005 and "map_ort" not in rows[2]
     md = (tmp_path / "tiny.md").read_text()
-    assert "| minmax |" in md and "Encoder only" in md and "ONNX Runtime" in md
+    assert "| minmax |" in md and "Encoder only" in md and "ONNX Runtime" in md and "liu2021 + MP (nuclear)" in md

@@ -48,12 +48,16 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                         methods: tuple[str, ...] = TABLE2_METHODS, num_calib: int = 32, num_test: int | None = None,
                         out_dir: str | Path = "benchmarks/results", seed: int = 0, quantize_backbone: bool = False,
                         command: str | None = None, batch_size: int = 50,
-                        onnx_methods: tuple[str, ...] = ("liu2021",)) -> list[dict]:
+                        onnx_methods: tuple[str, ...] = ("liu2021",),
+                        mp_methods: tuple[str, ...] = ("nuclear",)) -> list[dict]:
     """Run the Table 2 analog for one detection model; rows are merged into ``<out_dir>/<model>.json`` as they
     finish (a failed method gets a row with its error, the others go on) and a markdown table is written.
 
     For ``onnx_methods`` at 8 bits or fewer, the encoder+decoder model is also exported to ONNX QDQ and
-    evaluated in ONNX Runtime (``map_ort``, ``map50_ort`` in its row)."""
+    evaluated in ONNX Runtime (``map_ort``, ``map50_ort`` in its row). For each of ``mp_methods`` and each
+    bit-width below 8, a mixed-precision row: the Liu method with a plan from :func:`vitq.mp.search_plan` at the
+    size of the uniform model (one bit-width per attention module and per FFN; a decoder layer's self- and
+    cross-attention share one)."""
     if model_name not in DETECTION_MODELS:
         raise vitq.errors.ConfigError(f"unknown detection benchmark model {model_name!r}; "
                                       f"choose from {sorted(DETECTION_MODELS)}")
@@ -78,16 +82,27 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
              "num_calib": 0, "eval_seconds": round(time.perf_counter() - t0, 2), "load_avg": _load()}]
     merge_rows(results, rows)
     log.info("%s float: mAP %.4f mAP50 %.4f on %d images", model_name, ref.map, ref.map50, ref.num_images)
-    for b, method in tqdm([(b, m) for b in bits for m in methods], desc=f"bench {model_name}", unit="run"):
-        cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, quantize_backbone=quantize_backbone)
-        head = {**base, "method": method, "origin": cfg.recipe().origin, "w_bits": b, "a_bits": b,
-                "num_calib": int(calib.images.shape[0]), "load_avg_start": _load()}
+    plan = [(b, m, None) for b in bits for m in methods] + [(b, "liu2021", mp) for mp in mp_methods for b in bits if b < 8]
+    for b, method, mp in tqdm(plan, desc=f"bench {model_name}", unit="run"):
+        head = {**base, "method": method, "w_bits": b, "a_bits": b, "num_calib": int(calib.images.shape[0]),
+                "load_avg_start": _load()}
         try:
+            t_mp, mp_plan = time.perf_counter(), {}
+            if mp is not None:
+                from vitq.mp import search_plan
+
+                mp_plan = search_plan(model, calib.images, method=mp, bits=b, seed=seed).plan
+                head.update(mixed_precision=True, mp_method=mp, mp_seconds=round(time.perf_counter() - t_mp, 2),
+                            bits_min=min(e["w_bits"] for e in mp_plan.values()),
+                            bits_max=max(e["w_bits"] for e in mp_plan.values()))
+            cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, quantize_backbone=quantize_backbone,
+                                   plan=mp_plan)
+            head["origin"] = cfg.recipe().origin
             q = vitq.quantize(model, cfg)
             rep = vitq.calibrate(q, calib.images, progress=False)
         except vitq.errors.VitqError as e:  # e.g. a recipe that needs a structure DETR does not have
             log.warning("%s W%dA%d on %s: %s", method, b, model_name, e)
-            row = {**head, "scope": "encoder+decoder", "map": None, "map50": None, "size_mb": None,
+            row = {"origin": None, **head, "scope": "encoder+decoder", "map": None, "map50": None, "size_mb": None,
                    "calib_seconds": None, "error": f"{type(e).__name__}: {e}", "load_avg": _load()}
             rows.append(row)
             merge_rows(results, [row])
@@ -110,7 +125,7 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                    "map75": round(m.stats["map75"], 4), "size_mb": round(model_size_mb(q, sizes), 4),
                    "calib_seconds": round(rep.seconds, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
                    "load_avg": _load(), **cfg.recipe().row_fields(cfg)}
-            if scope == "encoder+decoder" and method in onnx_methods and b <= 8:
+            if scope == "encoder+decoder" and method in onnx_methods and b <= 8 and mp is None:
                 row.update(_ort_map(q, test, Path(out_dir) / f".{model_name}-onnx", batch_size))
             new.append(row)
             log.info("%s %s W%dA%d %s: mAP %.4f (float %.4f), calib %.1fs", model_name, method, b, b, scope, m.map,
@@ -134,8 +149,12 @@ def _ort_map(q, test, workdir: Path, batch_size: int) -> dict:
     return {"map_ort": round(m.map, 4), "map50_ort": round(m.map50, 4)}
 
 
-def _cell(rows: list[dict], method: str, bits: int, scope: str) -> str:
-    r = next((r for r in rows if r["method"] == method and r["w_bits"] == bits and r.get("scope") == scope), None)
+def _label(r: dict) -> str:
+    return f"{r['method']} + MP ({r['mp_method']})" if r.get("mixed_precision") else r["method"]
+
+
+def _cell(rows: list[dict], label: str, bits: int, scope: str) -> str:
+    r = next((r for r in rows if _label(r) == label and r["w_bits"] == bits and r.get("scope") == scope), None)
     if r is None:
         return ""
     if r.get("map") is None:
@@ -148,7 +167,7 @@ def write_detection_table(results: Path, model_name: str) -> Path:
     rows = [r for r in load_rows(results) if r["model"] == model_name and r.get("task") == "detection"]
     fl = next((r for r in rows if r["method"] == "float"), None)
     bits = sorted({r["w_bits"] for r in rows if r["method"] != "float"}, reverse=True)
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "float"))
+    methods = list(dict.fromkeys(_label(r) for r in rows if r["method"] != "float"))
     lines = [f"# {model_name}: Liu et al. (2021) Table 2 analog (DETR, COCO mAP via pycocotools)", "",
              "Made by:", ""] + [f"    {c}" for c in sorted({r["command"] for r in rows})] + [""]
     if fl is not None:
@@ -168,7 +187,7 @@ def write_detection_table(results: Path, model_name: str) -> Path:
                   f"{100 * r['map50']:.1f} | {100 * r['map50_ort']:.1f} |" for r in ort] + [""]
     errors = [r for r in rows if r.get("error")]
     if errors:
-        lines += ["## Errors", ""] + [f"- {r['method']} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
+        lines += ["## Errors", ""] + [f"- {_label(r)} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
     md = results.with_suffix(".md")
     atomic_write_text(md, "\n".join(lines))
     return md
