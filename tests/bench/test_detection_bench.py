@@ -61,3 +61,17 @@ def test_detection_bench_rows_and_table(tmp_path, monkeypatch):
     assert abs(rows[4]["map_ort"] - rows[4]["map"]) <= 0.005 and "map_ort" not in rows[2]
     md = (tmp_path / "tiny.md").read_text()
     assert "| minmax |" in md and "Encoder only" in md and "ONNX Runtime" in md and "liu2021 + MP (nuclear)" in md
+
+
+def test_bench_report_plots_detection_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vitq.report.bench_report import write_bench_report
+
+    base = {"model": "d", "task": "detection", "command": "c", "mixed_precision": False, "top1": None,
+            "top1_float": None, "map_float": 0.5, "num_calib": 32, "num_test": 10, "size_mb": 1.0, "calib_seconds": 1.0}
+    rows = [{**base, "method": "float", "w_bits": 32, "a_bits": 32, "scope": "none", "map": 0.5, "map50": 0.8}]
+    rows += [{**base, "method": m, "w_bits": b, "a_bits": b, "scope": s, "map": 0.4, "map50": 0.7}
+             for m in ("minmax", "liu2021") for b in (8, 6) for s in ("encoder", "encoder+decoder")]
+    (tmp_path / "d.json").write_text(json.dumps({"rows": rows}))
+    md = write_bench_report(tmp_path / "d.json").read_text()
+    assert "COCO mAP against bit-width" in md and (tmp_path / "d-map-vs-bits.png").is_file()
