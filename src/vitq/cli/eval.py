@@ -122,6 +122,19 @@ def cmd_eval_onnx(args: argparse.Namespace) -> int:
     dc = DataConfig.from_dict(meta["data_config"]) if "data_config" in meta else model_data_config(model)
     src = args.data or DEFAULT_TEST
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
+    if meta.get("kind") == "qdq-detr":  # a DETR (vitq.export.onnx_detr): COCO mAP in ONNX Runtime
+        from vitq.eval.detection import detection_summary, evaluate_detection
+        from vitq.export.onnx_detr import OrtDetector
+
+        if getattr(data, "gt", None) is None:
+            raise DataFormatError(f"--onnx {args.onnx} is a detector: give detection data (coco:..., detr-synth:...)")
+        m = evaluate_detection(OrtDetector(args.onnx, threads=args.ort_threads), data, batch_size=args.batch_size,
+                               progress=True, desc="onnx")
+        res = {"onnx": args.onnx, "kind": "qdq-detr", "data": src, "ort_threads": args.ort_threads,
+               **detection_summary(model, None, data, batch_size=args.batch_size),
+               "map": round(m.map, 4), "map50": round(m.map50, 4)}
+        print(json.dumps(res, indent=2))
+        return 0
     try:
         ort_model = OrtModel(args.onnx, threads=args.ort_threads)
     except ImportError:
