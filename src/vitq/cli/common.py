@@ -113,6 +113,28 @@ def load_saved_arg(path: str, flag: str = "--quantized"):
         raise
 
 
+DETECTION_SOURCES = ("coco:", "detr-synth:")
+
+
+def eval_data_for(data_config, given: str | None, default: str | None) -> str | None:
+    """The test data of a command: ``given``, else ``default``; a detector (``task: detection`` in its data
+    config) needs detection data (``coco:``, ``detr-synth:``): ``vitq:detr-synth`` defaults to
+    ``detr-synth:test``, another detector without detection data is an error, and so is detection data for
+    a classifier."""
+    from vitq.errors import CalibrationDataError
+
+    detector = data_config.extra.get("task") == "detection"
+    if detector and given is None and data_config.extra.get("dataset") == "synthetic fashion-mnist detection":
+        return "detr-synth:test"
+    src = given or default
+    if detector and src is not None and not src.startswith(DETECTION_SOURCES):
+        raise CalibrationDataError(f"the model is a detector: evaluate it on detection data (coco:IMAGE_DIR:"
+                                   f"ANNOTATIONS.json, coco:DIR or detr-synth:test), not {src}")
+    if not detector and src is not None and src.startswith(DETECTION_SOURCES):
+        raise CalibrationDataError(f"{src} is detection data, but the model is not a detector vitq knows (DETR)")
+    return src
+
+
 def default_calib(args: argparse.Namespace) -> str | None:
     """``--calib``, else the built-in calibration set for the default model, else None."""
     return args.calib or (DEFAULT_CALIB if args.model == DEFAULT_MODEL else None)

@@ -14,6 +14,7 @@ from vitq.cli.common import (
     add_model_args,
     add_seed_arg,
     check_data_sources,
+    eval_data_for,
     float_model_from_args,
     load_saved_arg,
 )
@@ -67,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = float_model_from_args(args)
         dc = model_data_config(model)
         name = args.model
-    src = args.data or DEFAULT_TEST
+    src = eval_data_for(dc, args.data, DEFAULT_TEST)
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
     res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
     if src.startswith(("coco:", "detr-synth:")):  # a detector: COCO mAP (vitq.eval.detection)
@@ -120,7 +121,7 @@ def cmd_eval_onnx(args: argparse.Namespace) -> int:
     meta = _onnx_meta(args.onnx)
     model = float_model_from_spec(meta["model_spec"]) if meta.get("model_spec") else float_model_from_args(args)
     dc = DataConfig.from_dict(meta["data_config"]) if "data_config" in meta else model_data_config(model)
-    src = args.data or DEFAULT_TEST
+    src = eval_data_for(dc, args.data, DEFAULT_TEST)
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
     if meta.get("kind") == "qdq-detr":  # a DETR (vitq.export.onnx_detr): COCO mAP in ONNX Runtime
         from vitq.eval.detection import detection_summary, evaluate_detection

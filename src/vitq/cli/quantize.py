@@ -23,6 +23,7 @@ from vitq.cli.common import (
     check_data_sources,
     config_from_args,
     default_calib,
+    eval_data_for,
     float_model_from_args,
 )
 from vitq.cli.mp_search import add_mp_quantize_args, apply_mp_args
@@ -85,9 +86,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     tag = args.model.split(":", 1)[1].replace("/", "_")
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
     check_output_path(out, args.overwrite)  # before any work: never destroy input, never lose a calibration
-    eval_src = args.eval_data or (DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
     model = float_model_from_args(args)
     dc = model_data_config(model)
+    eval_src = eval_data_for(dc, args.eval_data, DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
     calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file

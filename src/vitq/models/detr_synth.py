@@ -82,6 +82,7 @@ def build_detr_synth(arch: dict) -> nn.Module:
     ``giou_loss_coefficient``, ``dropout``.
     """
     from transformers import DetrConfig, DetrForObjectDetection
+    from transformers.utils import logging as hf_logging
 
     loss_keys = ("eos_coefficient", "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient",
                  "giou_loss_coefficient", "dropout")
@@ -94,7 +95,14 @@ def build_detr_synth(arch: dict) -> nn.Module:
         num_labels=arch["num_labels"], auxiliary_loss=True, attn_implementation="eager",
         **{k: arch[k] for k in loss_keys if k in arch},
     )
-    model = DetrForObjectDetection(config)
+    # The timm ResNet-18 that HF builds here is replaced below; its notice that attn_implementation does not
+    # reach timm is about that discarded module, so it is silenced.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = DetrForObjectDetection(config)
+    finally:
+        hf_logging.set_verbosity(previous)
     backbone = SynthBackbone(arch.get("in_chans", 1), tuple(arch["widths"]), arch["depth"])
     encoder = model.model.backbone
     encoder.model = backbone
