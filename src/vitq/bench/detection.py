@@ -101,7 +101,7 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
             q = vitq.quantize(model, cfg)
             rep = vitq.calibrate(q, calib.images, progress=False)
         except vitq.errors.VitqError as e:  # e.g. a recipe that needs a structure DETR does not have
-            log.warning("%s W%dA%d on %s: %s", method, b, model_name, e)
+            log.warning("%s W%dA%d on %s: %s", method, b, b, model_name, e)
             row = {"origin": None, **head, "scope": "encoder+decoder", "map": None, "map50": None, "size_mb": None,
                    "calib_seconds": None, "error": f"{type(e).__name__}: {e}", "load_avg": _load()}
             rows.append(row)
