@@ -126,7 +126,7 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                    "calib_seconds": round(rep.seconds, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
                    "load_avg": _load(), **cfg.recipe().row_fields(cfg)}
             if scope == "encoder+decoder" and method in onnx_methods and b <= 8 and mp is None:
-                row.update(_ort_map(q, test, Path(out_dir) / f".{model_name}-onnx", batch_size))
+                row.update(_ort_map(q, test, batch_size))
             new.append(row)
             log.info("%s %s W%dA%d %s: mAP %.4f (float %.4f), calib %.1fs", model_name, method, b, b, scope, m.map,
                      ref.map, rep.seconds)
@@ -137,13 +137,17 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
     return rows
 
 
-def _ort_map(q, test, workdir: Path, batch_size: int) -> dict:
-    """mAP of the quantized model exported to ONNX QDQ and run in ONNX Runtime (2 threads)."""
+def _ort_map(q, test, batch_size: int) -> dict:
+    """mAP of the quantized model exported to ONNX QDQ (in a temporary folder) and run in ONNX Runtime."""
+    import tempfile
+
     from vitq.export.onnx_detr import OrtDetector, export_detr_onnx
 
     try:
-        path = export_detr_onnx(q, workdir / "model.onnx", example=test.images[:2])
-        m = evaluate_detection(OrtDetector(path, threads=2), test, batch_size=batch_size, progress=True, desc="onnx")
+        with tempfile.TemporaryDirectory() as d:
+            path = export_detr_onnx(q, Path(d) / "model.onnx", example=test.images[:2])
+            m = evaluate_detection(OrtDetector(path, threads=2), test, batch_size=batch_size, progress=True,
+                                   desc="onnx")
     except (vitq.errors.VitqError, ImportError) as e:
         return {"ort_error": f"{type(e).__name__}: {e}"}
     return {"map_ort": round(m.map, 4), "map50_ort": round(m.map50, 4)}

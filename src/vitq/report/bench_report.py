@@ -272,7 +272,8 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = safe_name(path.stem)
-    unusable = [r for r in rows if r.get("method") is None or _num(r.get("top1")) is None]
+    detection = [r for r in rows if r.get("task") == "detection"]  # mAP rows: their own plot and table
+    unusable = [r for r in rows if r not in detection and (r.get("method") is None or _num(r.get("top1")) is None)]
 
     made: dict[str, Path | None] = {}
     try:
@@ -307,7 +308,11 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
     for heading, png in made.items():
         if png is not None:
             md += ["", f"## {heading}", "", f"![{heading}]({png.name})"]
-    for heading, fn in (("Table 1: methods x bit-widths", table1), ("Table 3: ablation", table3)):
+    if detection:
+        md += ["", f"Detection rows: {len(detection)}; the methods x bit-widths tables (mAP, mAP50) are in "
+               f"`{path.with_suffix('.md').name}` (`vitq.bench.detection`)."]
+    for heading, fn in (() if detection and len(detection) == len(rows) else
+                        (("Table 1: methods x bit-widths", table1), ("Table 3: ablation", table3))):
         try:
             text = fn(complete, model)
         except (KeyError, TypeError, ValueError) as e:  # a row with a key of an unexpected type
@@ -315,7 +320,8 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
             text = f"\n(not made: a row has an unexpected value: {e!r})"
         if text.strip():
             md += ["", f"## {heading}", text]
-    md += ["", "## All rows", ""] + _all_rows_table(rows)
+    if len(detection) < len(rows):
+        md += ["", "## All rows", ""] + _all_rows_table([r for r in rows if r not in detection])
     md_path = out / f"{stem}-report.md"
     md_path.write_text("\n".join(md) + "\n")
     log.info("wrote bench report %s (%d plots)", md_path, sum(p is not None for p in made.values()))
