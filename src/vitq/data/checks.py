@@ -8,7 +8,7 @@ from pathlib import Path
 from vitq.errors import CalibrationDataError
 
 #: the prefixes of the built-in sets; any other source is a folder
-BUILTIN_PREFIXES = ("fmnist:", "fmnist-subset:", "hf:", "foolbox:")
+BUILTIN_PREFIXES = ("fmnist:", "fmnist-subset:", "hf:", "foolbox:", "coco:", "detr-synth:")
 _FMNIST_SPLITS = {"fmnist-subset": ("calib", "test"), "fmnist": ("train", "test")}
 
 

@@ -6,6 +6,8 @@
 - ``fmnist:train`` / ``fmnist:test``: the full Fashion-MNIST from the Debian package dataset-fashion-mnist.
 - ``hf:NAME_OR_DIR[:SPLIT]``: a Hugging Face ``datasets`` data set from the hub or a ``save_to_disk`` folder
   (needs ``vitq[hf-datasets]``; see :mod:`vitq.data.hf_datasets`).
+- ``coco:DIR`` / ``coco:IMAGE_DIR:ANNOTATIONS.json`` / ``detr-synth:val|test``: detection images with COCO
+  annotations (see :mod:`vitq.data.coco`).
 - ``foolbox:imagenet`` / ``foolbox:cifar10`` (also ``cifar100``, ``mnist``, ``fashionMNIST``): the 20 labelled
   samples of the ``foolbox==3.3.4`` wheel, for smoke tests (see :mod:`vitq.data.foolbox_samples`).
 """
@@ -27,7 +29,15 @@ def load_images(source: str, cfg: DataConfig, *, num: int | None = None, seed: i
     ``shard=True``: in a data-parallel run (``torchrun``), only this rank's contiguous block of the sample
     (:func:`vitq.distributed.shard_range`; a folder decodes only those files), with ``total`` the size of the
     whole sample; the same as ``shard=False`` in one process.
+
+    A detection source (``coco:``, ``detr-synth:``) gives a :class:`vitq.data.coco.DetectionSet` (its
+    ``images`` may carry a pixel-mask channel; ``labels`` is None, the ground truth is in ``gt``); it is
+    not sharded.
     """
+    if source.startswith(("coco:", "detr-synth:")):
+        from vitq.data.coco import load_coco
+
+        return load_coco(source, cfg, num=num, seed=seed)
     from vitq import distributed
 
     if shard and distributed.is_distributed():

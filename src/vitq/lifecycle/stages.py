@@ -148,6 +148,8 @@ class SwapModules(Stage):
         example = example_images(data_config)
         float_census = take_census(model, default_forward, example)  # before any swap: what the model computes
         heads = set() if config.quantize_head else set(adapter.head_names(model))
+        if not config.quantize_backbone:
+            heads |= set(adapter.backbone_names(model))
         kept_float = _float_by_plan(model, config)
         skip = heads | kept_float | (set(float_census.unused) if adapter.skip_unused else set())
         n = _swap(model, "", config, recipe, skip)
@@ -171,7 +173,7 @@ class SwapModules(Stage):
         units = partition_units(model, data_config) if adapter.captures else None
         coverage = _coverage(take_census(model, default_forward, example), heads | kept_float)
         model.vitq_info = QuantInfo(config=config, adapter=adapter.name, data_config=data_config,
-                                    model_spec=spec_source, units=units, coverage=coverage)
+                                    model_spec=spec_source, units=units, coverage=coverage, forward=adapter.forward)
         state.model = model
         state.notes.update(adapter=adapter.name, swapped=n, float_by_plan=sorted(kept_float), coverage=coverage,
                            captured=captured)

@@ -8,6 +8,7 @@ what input the model expects. Adapters register with :func:`register_adapter`.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
@@ -36,9 +37,14 @@ class ModelAdapter:
         """Qualified names of the classification head modules (kept float unless ``quantize_head``)."""
         return []
 
+    def backbone_names(self, model: nn.Module) -> list[str]:
+        """Qualified names of a CNN backbone's modules (a detector's; kept float unless ``quantize_backbone``)."""
+        return []
+
     def data_config(self, model: nn.Module) -> DataConfig:
         return DataConfig()
 
+    "vitq.models.hf_detr",
     def why_not(self, model: nn.Module) -> str | None:
         """Why a model this adapter would otherwise consider is not matched (for the error message), or ``None``."""
         return None
@@ -61,6 +67,7 @@ _ADAPTER_MODULES = (
     "vitq.models.timm_swin",
     "vitq.models.hf_vit",
     "vitq.models.hf_swin",
+    "vitq.models.hf_detr",
     "vitq.models.generic",  # last: any other model whose forward computes attention
 )
 _loaded = False

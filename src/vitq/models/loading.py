@@ -128,10 +128,15 @@ def _create_hf(name: str, load_weights: bool, **kwargs) -> nn.Module:
     has_weights = any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")) or any(
         path.glob("model-*.safetensors")
     )
-    if load_weights and has_weights:
-        return AutoModelForImageClassification.from_pretrained(path, local_files_only=True, **kwargs)
     config = AutoConfig.from_pretrained(path, local_files_only=True, **kwargs)
-    return AutoModelForImageClassification.from_config(config)
+    auto = AutoModelForImageClassification
+    if any(a.endswith("ForObjectDetection") for a in (getattr(config, "architectures", None) or [])):
+        from transformers import AutoModelForObjectDetection  # a detector (DETR): vitq.models.hf_detr
+
+        auto = AutoModelForObjectDetection
+    if load_weights and has_weights:
+        return auto.from_pretrained(path, local_files_only=True, **kwargs)
+    return auto.from_config(config)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

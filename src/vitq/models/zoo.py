@@ -26,7 +26,7 @@ class ZooModel:
 
 
 _ZOO: dict[str, Callable[[], ZooModel]] = {}
-_ENTRY_MODULES = ("vitq.models.fmnist_vit", "vitq.models.dinov2_fmnist")
+_ENTRY_MODULES = ("vitq.models.fmnist_vit", "vitq.models.dinov2_fmnist", "vitq.models.detr_synth")
 
 
 def register_zoo_model(name: str) -> Callable:

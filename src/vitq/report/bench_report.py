@@ -220,6 +220,38 @@ def _all_rows_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def plot_map_vs_bits(rows: list[dict], title: str, path: Path) -> Path | None:
+    """Detection rows (``task: "detection"``): COCO mAP (%) against bit-width, one line per method (mixed
+    precision labelled), one panel per quantized scope (encoder+decoder, encoder only); float dashed."""
+    det = [r for r in rows if r.get("task") == "detection" and _num(r.get("map")) is not None
+           and r.get("method") != "float" and _num(r.get("w_bits")) is not None]
+    if not det:
+        return None
+    plt = pyplot()
+    scopes = [s for s in ("encoder+decoder", "encoder") if any(r.get("scope") == s for r in det)]
+    fig, axes = _panels(plt, len(scopes))
+    colors: dict[str, str] = {}
+    fl = next((r for r in rows if r.get("task") == "detection" and r.get("method") == "float"), None)
+    for ax, scope in zip(axes, scopes):
+        lines: dict[str, dict[float, float]] = defaultdict(dict)
+        for r in det:
+            if r.get("scope") == scope:
+                label = f"{r['method']} + MP ({r['mp_method']})" if r.get("mixed_precision") else r["method"]
+                lines[label][_num(r["w_bits"])] = 100 * _num(r["map"])
+        for label, pts in lines.items():
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], marker="o", label=label,
+                    color=colors.setdefault(label, PALETTE[len(colors) % len(PALETTE)]))
+        if fl is not None and _num(fl.get("map")) is not None:
+            ax.axhline(100 * fl["map"], color="k", ls="--", lw=1, label="float")
+        _bits_axis(ax, [r for r in det if r.get("scope") == scope])
+        ax.set_title(f"{scope} quantized", fontsize=10)
+    axes[0].set_ylabel("COCO mAP@[.5:.95] (%)")
+    legend_outside(axes[-1], axes[:-1])
+    fig.suptitle(title)
+    return save(fig, path)
+
+
 def write_bench_report(results_json: str | Path, out_dir: str | Path | None = None, *,
                        model: str | None = None) -> Path:
     """Write ``<name>-report.md`` with its PNGs for one benchmark results file; returns the markdown path.
@@ -240,7 +272,8 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = safe_name(path.stem)
-    unusable = [r for r in rows if r.get("method") is None or _num(r.get("top1")) is None]
+    detection = [r for r in rows if r.get("task") == "detection"]  # mAP rows: their own plot and table
+    unusable = [r for r in rows if r not in detection and (r.get("method") is None or _num(r.get("top1")) is None)]
 
     made: dict[str, Path | None] = {}
     try:
@@ -256,6 +289,9 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
         made["Ablation (Liu et al. Table 3)"] = plot_ablation(rows, f"{model}: ablation", out / f"{stem}-ablation.png")
         made["Mixed precision: size against top-1"] = plot_mixed_precision(
             rows, f"{model}: mixed precision vs uniform", out / f"{stem}-mp.png")
+        if any(r.get("task") == "detection" for r in rows):
+            made["COCO mAP against bit-width (detection)"] = plot_map_vs_bits(
+                rows, f"{model}: COCO mAP vs bit-width", out / f"{stem}-map-vs-bits.png")
         if any(is_peer(str(r.get("method", ""))) for r in _uniform(rows)):
             made["Peer methods"] = plot_top1_vs_bits(
                 rows, f"{model}: peer methods vs Liu et al. (dashed: reference)", out / f"{stem}-peers.png",
@@ -272,7 +308,11 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
     for heading, png in made.items():
         if png is not None:
             md += ["", f"## {heading}", "", f"![{heading}]({png.name})"]
-    for heading, fn in (("Table 1: methods x bit-widths", table1), ("Table 3: ablation", table3)):
+    if detection:
+        md += ["", f"Detection rows: {len(detection)}; the methods x bit-widths tables (mAP, mAP50) are in "
+               f"`{path.with_suffix('.md').name}` (`vitq.bench.detection`)."]
+    for heading, fn in (() if detection and len(detection) == len(rows) else
+                        (("Table 1: methods x bit-widths", table1), ("Table 3: ablation", table3))):
         try:
             text = fn(complete, model)
         except (KeyError, TypeError, ValueError) as e:  # a row with a key of an unexpected type
@@ -280,7 +320,8 @@ def write_bench_report(results_json: str | Path, out_dir: str | Path | None = No
             text = f"\n(not made: a row has an unexpected value: {e!r})"
         if text.strip():
             md += ["", f"## {heading}", text]
-    md += ["", "## All rows", ""] + _all_rows_table(rows)
+    if len(detection) < len(rows):
+        md += ["", "## All rows", ""] + _all_rows_table([r for r in rows if r not in detection])
     md_path = out / f"{stem}-report.md"
     md_path.write_text("\n".join(md) + "\n")
     log.info("wrote bench report %s (%d plots)", md_path, sum(p is not None for p in made.values()))
