@@ -44,7 +44,10 @@ class ModelAdapter:
     def data_config(self, model: nn.Module) -> DataConfig:
         return DataConfig()
 
-    "vitq.models.hf_detr",
+    def forward(self, model: nn.Module, images: torch.Tensor):
+        """How a batch of preprocessed images runs through the model (calibration and evaluation use it)."""
+        return model(images)
+
     def why_not(self, model: nn.Module) -> str | None:
         """Why a model this adapter would otherwise consider is not matched (for the error message), or ``None``."""
         return None
