@@ -18,7 +18,6 @@ import os
 import shlex
 import statistics
 import sys
-import time
 
 import torch
 

@@ -335,32 +335,28 @@ def _as_tensor(x, dtype=torch.float64) -> tuple[torch.Tensor, bool]:
     return torch.tensor(x, dtype=dtype), True
 
 
-def all_reduce_sum(x):
-    """Sum over ranks of ``x`` (a tensor, returned as a new tensor, or a Python number, summed in float64
-    and returned as a float); ``x`` itself in one process."""
+def _all_reduce(x, op_name: str):
     if not is_distributed():
         return x
     t, scalar = _as_tensor(x)
-    t = _reduce(t, "sum")
+    t = _reduce(t, op_name)
     return t.item() if scalar else t
+
+
+def all_reduce_sum(x):
+    """Sum over ranks of ``x`` (a tensor, returned as a new tensor, or a Python number, summed in float64
+    and returned as a float); ``x`` itself in one process."""
+    return _all_reduce(x, "sum")
 
 
 def all_reduce_max(x):
     """Elementwise maximum over ranks (exact: the result is one rank's value)."""
-    if not is_distributed():
-        return x
-    t, scalar = _as_tensor(x)
-    t = _reduce(t, "max")
-    return t.item() if scalar else t
+    return _all_reduce(x, "max")
 
 
 def all_reduce_min(x):
     """Elementwise minimum over ranks (exact)."""
-    if not is_distributed():
-        return x
-    t, scalar = _as_tensor(x)
-    t = _reduce(t, "min")
-    return t.item() if scalar else t
+    return _all_reduce(x, "min")
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter], *, average: bool = False) -> None:

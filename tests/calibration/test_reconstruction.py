@@ -4,6 +4,7 @@ and the recipe / config plumbing."""
 
 import pytest
 import torch
+from conftest import make_tiny_vit
 
 import vitq
 from vitq.calibration.reconstruction import AdaRoundWeight, reconstruct_unit
@@ -13,8 +14,6 @@ from vitq.nn.qops import quant_ops, quantization_disabled
 from vitq.quantizers.log import LogSqrt2Quantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize
 from vitq.recipes import Reconstruction, get_recipe
-
-from conftest import make_tiny_vit
 
 
 def test_adaround_starts_at_the_float_weight_and_hardens_onto_the_grid():

@@ -23,9 +23,7 @@ import torch
 import torch.nn as nn
 
 from vitq.errors import ExportError
-from vitq.export.onnx_export import DEFAULT_OPSET, _example_input, _finish
-from vitq.export.onnx_qdq import ACTIVATION_TYPES, qdq_twin
-from vitq.nn.qops import quant_ops
+from vitq.export.onnx_export import DEFAULT_OPSET, _example_input, _finish, prepare_qdq
 from vitq.utils.atomic import scratch_dir
 
 log = logging.getLogger(__name__)
@@ -54,13 +52,7 @@ def export_detr_onnx(qmodel: nn.Module, path: str | Path, *, opset: int = DEFAUL
     if info.adapter != "hf-detr":
         raise ExportError(f"export_detr_onnx exports DETR models; this one has adapter {info.adapter!r} "
                           "(use vitq.export.onnx_export.export_onnx)")
-    if activation_type not in ACTIVATION_TYPES:
-        raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    twin = qdq_twin(qmodel, activation_type)
-    ops = {n: {"role": op.role, "a_bits": op.quantizers()[0].bits, "b_bits": op.quantizers()[1].bits}
-           for n, op in quant_ops(qmodel).items()}
+    path, twin, ops = prepare_qdq(qmodel, activation_type, path)
     axes = {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)}
     with scratch_dir(path) as d:
         tmp = Path(d) / "traced.onnx"

@@ -257,6 +257,19 @@ def _finish(tmp_onnx: Path, path: Path, model: nn.Module, extra: dict, graph_pas
 
 
 @torch.no_grad()
+def prepare_qdq(qmodel: nn.Module, activation_type: str, path: str | Path) -> tuple[Path, nn.Module, dict]:
+    """What a QDQ export starts from: the output path (its folder made), the model's QDQ twin and the
+    per-op bits recorded in the metadata. Raises :class:`ExportError` for an unknown activation type."""
+    if activation_type not in ACTIVATION_TYPES:
+        raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    twin = qdq_twin(qmodel, activation_type)
+    ops = {n: {"role": op.role, "a_bits": op.quantizers()[0].bits, "b_bits": op.quantizers()[1].bits}
+           for n, op in quant_ops(qmodel).items()}
+    return path, twin, ops
+
+
 def export_onnx(qmodel: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET, batch_dynamic: bool = True,
                 activation_type: str = "u8", example: torch.Tensor | None = None) -> Path:
     """Export a calibrated (frozen or not) vitq model to ONNX in QDQ format.
@@ -277,13 +290,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
         ExportError: naming the op, when a quantizer is not calibrated, not a signed per-tensor/per-channel
             :class:`~vitq.quantizers.uniform.UniformQuantizer`, or has more than 8 bits.
     """
-    if activation_type not in ACTIVATION_TYPES:
-        raise ExportError(f"activation_type={activation_type!r}: choose one of {ACTIVATION_TYPES}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    twin = qdq_twin(qmodel, activation_type)
-    ops = {n: {"role": op.role, "a_bits": op.quantizers()[0].bits, "b_bits": op.quantizers()[1].bits}
-           for n, op in quant_ops(qmodel).items()}
+    path, twin, ops = prepare_qdq(qmodel, activation_type, path)
     with scratch_dir(path) as d:
         tmp = Path(d) / "traced.onnx"
         trace_onnx(twin, _example_input(qmodel, example), tmp, opset, batch_dynamic)

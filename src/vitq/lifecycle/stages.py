@@ -20,12 +20,24 @@ import torch.nn as nn
 
 from vitq.calibration.engine import CalibrationReport, calibrate
 from vitq.config import QuantConfig
-from vitq.errors import ConfigError, NonFiniteError, PartialQuantizationError, PartialQuantizationWarning, VitqError
+from vitq.errors import (
+    ConfigError,
+    NonFiniteError,
+    PartialQuantizationError,
+    PartialQuantizationWarning,
+    VitqError,
+)
 from vitq.info import QuantInfo, default_forward, get_quant_info
 from vitq.lifecycle.install import install_quantizers
 from vitq.models.base import get_adapter
 from vitq.models.census import take_census
-from vitq.models.generic import attention_hosts, example_images, install_capture, partition_units, spec_factory
+from vitq.models.generic import (
+    attention_hosts,
+    example_images,
+    install_capture,
+    partition_units,
+    spec_factory,
+)
 from vitq.nn.qops import OpQuantSpec, QuantMatMul, quant_ops
 from vitq.nn.registry import qmodule_for
 from vitq.recipes import Recipe

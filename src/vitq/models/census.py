@@ -108,7 +108,7 @@ class _CensusMode(TorchFunctionMode):
             bound = {**dict(zip(_MHA_ARGS, args)), **kwargs}
             in_proj = [bound.get("in_proj_weight")] if not bound.get("use_separate_proj_weight") else \
                 [bound.get(k) for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
-            for i, w in enumerate(in_proj):
+            for i in range(len(in_proj)):
                 c.linears.setdefault(f"{name or '(root)'}: in_proj{'' if len(in_proj) == 1 else i}", False)
             self._record(c.linears, "linear", bound.get("out_proj_weight"), "linear")
         elif func in MATMULS or func is torch.einsum:

@@ -13,7 +13,7 @@ weight rounding and activation intervals are learned against the float unit
 - ``liu2021-pc-recon``: the same without rotation.
 """
 
-from vitq.recipes.base import Reconstruction, Recipe, SearchSpec, register_recipe
+from vitq.recipes.base import Recipe, Reconstruction, SearchSpec, register_recipe
 from vitq.recipes.gptq import PAPER as GPTQ
 from vitq.recipes.liu2021 import PAPER as LIU
 from vitq.recipes.rotation import QUAROT
