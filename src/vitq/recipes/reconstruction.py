@@ -8,7 +8,7 @@ Nagel et al. ICML 2020; LSQ, Esser et al. ICLR 2020), the last steps of the low-
 The interval search runs first on the first ``search_images`` calibration images; then each unit's
 weight rounding and activation intervals are learned against the float unit
 (:mod:`vitq.calibration.reconstruction`) on all of them. Give reconstruction hundreds of images
-(``--num-calib 512``): on 32 it over-fits (measured in ``benchmarks/results/lowbit/README.md``).
+(``--num-calib 512``): on 32 it has little to learn from (measured in ``benchmarks/results/lowbit/README.md``).
 
 - ``liu2021-pc-recon``: the same without rotation.
 """
