@@ -99,17 +99,23 @@ def test_resume_twice_and_keep(tmp_path, images, caplog):
     assert not ckpt.path.exists()
 
 
+def _interrupted_at_block1(tmp_path, images):
+    """A liu2021 calibration of a 3-block tiny ViT stopped at blocks.1; its model, config and checkpoint dir."""
+    model = make_tiny_vit(depth=3)
+    cfg = vitq.QuantConfig(method="liu2021", **FAST)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Interrupt):
+        _run(model, images, cfg, checkpoint=ckpt, on_op_data=_interrupt_at("blocks.1"))
+    return model, cfg, ckpt
+
+
 @pytest.mark.parametrize("change,reason", [
     ("config", "the config differs"),
     ("images", "the calibration images differ"),
     ("model", "the model differs"),
 ])
 def test_other_run_starts_over(tmp_path, images, caplog, change, reason):
-    model = make_tiny_vit(depth=3)
-    cfg = vitq.QuantConfig(method="liu2021", **FAST)
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(Interrupt):
-        _run(model, images, cfg, checkpoint=ckpt, on_op_data=_interrupt_at("blocks.1"))
+    model, cfg, ckpt = _interrupted_at_block1(tmp_path, images)
     if change == "config":
         cfg = vitq.QuantConfig(method="liu2021", num_candidates=13, max_iters=2)
     elif change == "images":
@@ -126,11 +132,7 @@ def test_other_run_starts_over(tmp_path, images, caplog, change, reason):
 
 
 def test_no_resume_ignores_the_checkpoint(tmp_path, images, caplog):
-    model = make_tiny_vit(depth=3)
-    cfg = vitq.QuantConfig(method="liu2021", **FAST)
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(Interrupt):
-        _run(model, images, cfg, checkpoint=ckpt, on_op_data=_interrupt_at("blocks.1"))
+    model, cfg, ckpt = _interrupted_at_block1(tmp_path, images)
     seen = []
     with caplog.at_level(logging.INFO, logger="vitq"):
         _run(model, images, cfg, checkpoint=CalibrationCheckpoint(ckpt, resume=False),
@@ -140,11 +142,7 @@ def test_no_resume_ignores_the_checkpoint(tmp_path, images, caplog):
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path, images, caplog):
-    model = make_tiny_vit(depth=3)
-    cfg = vitq.QuantConfig(method="liu2021", **FAST)
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(Interrupt):
-        _run(model, images, cfg, checkpoint=ckpt, on_op_data=_interrupt_at("blocks.1"))
+    model, cfg, ckpt = _interrupted_at_block1(tmp_path, images)
     with open(ckpt / "tensors.safetensors", "r+b") as f:  # corrupt one byte
         f.seek(-1, 2)
         last = f.read(1)

@@ -11,7 +11,6 @@ written by ``scripts/train_detr_synth.py``; the data set is :mod:`vitq.data.synt
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
 from vitq.errors import CheckpointError
-from vitq.models.zoo import ZooModel, register_zoo_model
+from vitq.models.zoo import ZooModel, read_asset_config, register_zoo_model
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +119,7 @@ def detr_synth_data_config(arch: dict) -> DataConfig:
 
 
 def load_detr_synth_config(asset_dir: Path = ASSET_DIR) -> dict:
-    path = asset_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"detr-synth config {path} not found; regenerate it with scripts/train_detr_synth.py")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"detr-synth config {path} is not valid JSON: {e}") from e
-    if "arch" not in config:
-        raise CheckpointError(f"detr-synth config {path} has no 'arch'; found keys {sorted(config)}")
-    return config
+    return read_asset_config(asset_dir, "detr-synth", "arch", "scripts/train_detr_synth.py")
 
 
 @register_zoo_model(ZOO_NAME)

@@ -7,13 +7,12 @@ model is built, so registering the entry stays cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from vitq.data.transforms import DataConfig
 from vitq.errors import CheckpointError
-from vitq.models.zoo import ZooModel, register_zoo_model
+from vitq.models.zoo import ZooModel, read_asset_config, register_zoo_model
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +24,7 @@ FMNIST_VIT_DATA_CONFIG = DataConfig(
 
 def load_fmnist_vit_config(asset_dir: Path = ASSET_DIR) -> dict:
     """Read ``config.json`` of the fmnist-vit assets (architecture kwargs, training record)."""
-    path = asset_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"fmnist-vit config {path} not found; regenerate it with scripts/train_fmnist_vit.py"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"fmnist-vit config {path} is not valid JSON: {e}") from e
-    if "model_kwargs" not in config:
-        raise CheckpointError(f"fmnist-vit config {path} has no 'model_kwargs'; found keys {sorted(config)}")
-    return config
+    return read_asset_config(asset_dir, "fmnist-vit", "model_kwargs", "scripts/train_fmnist_vit.py")
 
 
 @register_zoo_model("fmnist-vit")

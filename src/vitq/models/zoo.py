@@ -9,13 +9,15 @@ lazily, so importing vitq never imports timm.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn as nn
 
 from vitq.data.transforms import DataConfig
-from vitq.errors import ConfigError
+from vitq.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -27,6 +29,24 @@ class ZooModel:
 
 _ZOO: dict[str, Callable[[], ZooModel]] = {}
 _ENTRY_MODULES = ("vitq.models.fmnist_vit", "vitq.models.dinov2_fmnist", "vitq.models.detr_synth")
+
+
+def read_asset_config(asset_dir: Path, name: str, required: str, script: str) -> dict:
+    """``config.json`` of a shipped zoo model's assets, checked to be JSON with the key ``required``.
+
+    Raises:
+        CheckpointError: missing (naming ``script``, which writes it), not JSON, or without ``required``.
+    """
+    path = asset_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{name} config {path} not found; regenerate it with {script}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{name} config {path} is not valid JSON: {e}") from e
+    if required not in config:
+        raise CheckpointError(f"{name} config {path} has no {required!r}; found keys {sorted(config)}")
+    return config
 
 
 def register_zoo_model(name: str) -> Callable:
