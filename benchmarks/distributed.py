@@ -165,7 +165,9 @@ def main() -> None:
     if args._worker:
         case, threads, out = args._worker
         worker(case, int(threads), Path(out))
-        return
+        from vitq.distributed import exit_process
+
+        exit_process(0)  # as `vitq` ends a rank: no interpreter finalization
     from vitq.utils.atomic import atomic_write_text
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

@@ -149,4 +149,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from vitq.distributed import exit_process
+
+    exit_process(main(sys.argv[1:]))  # as `vitq` itself ends a rank (no interpreter finalization)

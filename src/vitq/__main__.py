@@ -1,5 +1,3 @@
-import sys
+from vitq.cli import run
 
-from vitq.cli import main
-
-sys.exit(main())
+run()

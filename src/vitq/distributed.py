@@ -33,11 +33,13 @@ import contextlib
 import logging
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 
@@ -170,6 +172,23 @@ def shutdown() -> None:
     if _owned and _dist().is_initialized():
         _dist().destroy_process_group()
     _owned = False
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a rank's process once its work is done and written: flush the streams and the log, then
+    ``os._exit(code)``, skipping interpreter finalization. There the backend's C++ threads and the objects
+    they hold can be torn down in any order, and one CI run saw rank 0 abort (``terminate called without
+    an active exception``, exit -6) after it had destroyed the process group and saved its outputs; the
+    launcher then reports the whole run failed. Nothing of vitq's needs finalization: outputs are written
+    atomically before this, and the process group is already destroyed (:func:`shutdown`)."""
+    shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing left to flush into
+            pass
+    os._exit(code)
 
 
 # -- sharding ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``vitq`` parser and entry points (console script ``vitq.cli:main``, ``python -m vitq``)."""
+"""The ``vitq`` parser and entry points (console script ``vitq.cli:run``, ``python -m vitq``)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vitq.cli import build_parser, main
+from vitq.cli import build_parser, main, run
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -45,3 +45,26 @@ def test_python_dash_m(module):
                          env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "{quantize,eval,export,bench,mp-search,report}" in res.stdout
+
+
+def test_run_exits_with_mains_status(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vitq", "quantize", "--model-arg", "oops"])
+    with pytest.raises(SystemExit) as e:
+        run()
+    assert e.value.code == 2
+
+
+def test_a_rank_under_a_launcher_exits_without_finalization_and_keeps_its_output(tmp_path):
+    """``WORLD_SIZE`` > 1: the rank ends through ``os._exit`` (no atexit handlers run), its status and its
+    buffered output intact. (No process group here: the parser fails first, as on a bad flag under torchrun.)"""
+    script = ("import atexit, sys; atexit.register(lambda: print('FINALIZED', flush=True)); "
+              "sys.argv = ['vitq', 'quantize', '--no-such-flag']; print('before', end=''); "
+              "from vitq.cli import run; run()")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "WORLD_SIZE": "2", "RANK": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2
+    assert res.stdout == "before" and "FINALIZED" not in res.stdout
+    assert "unrecognized arguments: --no-such-flag" in res.stderr
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**env, "WORLD_SIZE": "1"})
+    assert res.returncode == 2 and res.stdout == "beforeFINALIZED\n"

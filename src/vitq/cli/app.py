@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from typing import NoReturn
 
 from vitq.cli import bench, export, mp_search, quantize, report
 from vitq.cli import eval as evaluate
@@ -172,6 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             distributed.shutdown()
     log.info("done in %.1fs", time.perf_counter() - t0)
     return rc
+
+
+def run() -> NoReturn:
+    """The ``vitq`` console script and ``python -m vitq``: :func:`main` on ``sys.argv``, then exit with its
+    status. A rank under ``torchrun`` ends through :func:`vitq.distributed.exit_process` (no interpreter
+    finalization, where the distributed backend's threads can abort a finished process)."""
+    code = main()
+    if _env_rank() is not None:
+        from vitq import distributed
+
+        distributed.exit_process(code)
+    sys.exit(code)
 
 
 def _env_rank() -> int | None:
