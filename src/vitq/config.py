@@ -98,8 +98,9 @@ class QuantConfig:
         weight_rounding: ``"nearest"`` or ``"gptq"`` (GPTQ's error-feedback rounding on each op's searched
             grid, :mod:`vitq.calibration.gptq`); ``None`` takes the recipe's (``gptq`` for ``gptq`` and
             ``liu2021-gptq``, else ``nearest``).
-        quantize_head: also quantize the classification head (the paper lists W^E and the block weights
-            only, so the default keeps the head in float).
+        quantize_head: also quantize the classification head; ``None`` takes the recipe's choice (float for
+            every recipe of the papers, which list W^E and the block weights only; quantized for
+            ``repq-vit``, as its authors' code does).
         quantize_backbone: also quantize a detector's CNN backbone (its Convs; DETR). Off by default, as
             Liu et al. quantize DETR's transformer only. No effect on models without a backbone.
         num_candidates: C, the number of interval candidates in [alpha*Delta, beta*Delta] (Liu et al. 3.2).
@@ -144,7 +145,7 @@ class QuantConfig:
     a_bits: int = 8
     method: str = "liu2021"
     per_channel_weights: bool | None = None
-    quantize_head: bool = False
+    quantize_head: bool | None = None
     quantize_backbone: bool = False
     num_candidates: int = 100
     alpha: float | None = None
@@ -199,7 +200,9 @@ class QuantConfig:
         if self.weight_rounding is not None and self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ConfigError(f"weight_rounding={self.weight_rounding!r}: choose one of "
                               f"{', '.join(WEIGHT_ROUNDINGS)} or null (the recipe's)")
-        for name in ("quantize_head", "quantize_backbone", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
+        if self.quantize_head is not None and not isinstance(self.quantize_head, bool):
+            raise ConfigError(f"quantize_head={self.quantize_head!r} must be true, false or null (the recipe's)")
+        for name in ("quantize_backbone", "sqb", "sqb_shift", "sqb_proj", "optm", "optm_softmax", "fully_quantized"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         a = self.smoothquant_alpha

@@ -151,9 +151,17 @@ def _collect_op_data(unit: nn.Module, inputs, op: QuantOp, name: str, calls_per_
     return OpData(a=a, b=b, target=target, b_is_weight=b_is_weight)
 
 
-def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen: torch.Generator) -> None:
+def _init_intervals(op: QuantOp, data: OpData, init: str, percentile: float, gen: torch.Generator,
+                    name: str = "?") -> None:
     qa, qb = op.quantizers()
-    if any(isinstance(q, SearchableQuantizer) for q in (qa, qb)):  # non-uniform: each knows its own start
+    if init == "lp_percentile":  # RepQ-ViT's range rule, each quantizer's own (no output search needed)
+        for q, x, which in ((qa, data.a, "first operand"), (qb, data.b, "second operand")):
+            if not hasattr(q, "init_lp"):
+                raise ConfigError(f"op {name}: its {which} quantizer {type(q).__name__} has no lp_percentile range "
+                                  "rule (RepQ-ViT's: AffineQuantizer, LogSqrt2Quantizer have one); give the op "
+                                  "another method or input_quantizer in the plan")
+            q.init_lp(x)
+    elif any(isinstance(q, SearchableQuantizer) for q in (qa, qb)):  # non-uniform: each knows its own start
         qa.init_max(data.a)
         qb.init_max(data.b)
     elif init == "percentile":
@@ -276,7 +284,9 @@ def calibrate(model: nn.Module, data: torch.Tensor | Iterable, config: QuantConf
                 if prep is not None:
                     prep.update_op_data(name, op_data)
                 spec = searches[name]
-                _init_intervals(op, op_data, spec.init, config.percentile, gen)
+                _init_intervals(op, op_data, spec.init, config.percentile, gen, name)
+                if prep is not None:  # e.g. RepQ-ViT's per-tensor interval of a reparameterised input
+                    prep.after_init(name, op)
                 if on_op_data is not None:
                     on_op_data(name, op, op_data)
                 if spec.objective is not None:

@@ -1,6 +1,7 @@
 """Recipe work the calibration engine runs before each unit's ops are calibrated.
 
-- Smoothing (SQ-b, SmoothQuant, RepQ-ViT's reparameterisation): fold per-channel factors of each
+- Smoothing (SQ-b, SmoothQuant, RepQ-ViT's reparameterisation; RepQ-ViT then sets the per-tensor
+  input interval of each reparameterised Linear, :meth:`UnitPreparation.after_init`): fold per-channel factors of each
   LayerNorm output into the LayerNorm and the Linears it feeds, chosen on the unit's own calibration
   inputs (produced by the already quantized units before it), so the ops are then calibrated on the
   smoothed activations (:func:`vitq.transforms.smoothing.smooth_unit`).
@@ -36,6 +37,8 @@ class UnitPreparation:
         self.records: list[SmoothingRecord] = []
         self._weights: dict[str, torch.Tensor] = {}
         self.hessian_ops: set[str] = set()
+        #: RepQ-ViT: op name -> the per-tensor ``(scale, zero_point)`` of its reparameterised input
+        self.intervals: dict[str, tuple[float, float]] = {}
 
     @classmethod
     def build(cls, model: nn.Module, config, recipe, searches: dict, batches: list[torch.Tensor],
@@ -59,11 +62,27 @@ class UnitPreparation:
                 r.norm = f"{name}.{r.norm}"
                 log.debug("%s: %s -> %s%s", r.mode, r.norm, r.linears, "" if r.alpha is None else f", alpha={r.alpha}")
             self.records += recs
+            self.intervals.update({f"{name}.{li}": r.interval for r in recs if r.interval is not None
+                                   for li in r.linears})
             if recs:
                 log.info("%s: %s folded into %d LayerNorm/attention groups%s", name, self.smoothing, len(recs),
                          "" if recs[0].alpha is None else f" (alpha {[r.alpha for r in recs]})")
         if self.hessian:
             self._weights = output_grad_squares(self.model, self.batches, self.forward, unit_ops)
+
+    def after_init(self, name: str, op: QuantOp) -> None:
+        """After the op's intervals are initialised: RepQ-ViT sets the input interval of a Linear it
+        reparameterised to s~ = mean(s_j), z~ = mean(z_j) of the per-channel intervals (its
+        ``test_quant.py``), instead of one calibrated on the reparameterised input."""
+        interval = self.intervals.pop(name, None)
+        qa = op.quantizers()[0]
+        if interval is None:
+            return
+        if not hasattr(qa, "zero_point") or qa.scale.dim() != 0:
+            log.debug("%s: input quantizer %s is not per-tensor affine; RepQ interval not set", name, type(qa).__name__)
+            return
+        qa.scale.fill_(interval[0])
+        qa.zero_point.fill_(interval[1])
 
     def update_op_data(self, name: str, data: OpData) -> None:
         weights = self._weights.pop(name, None)

@@ -1,7 +1,8 @@
 """Put a recipe's quantizers on a freshly swapped model: each activation role gets the kind its
 effective recipe names (:class:`vitq.recipes.Quantizers`), then each plan entry's ``input_quantizer``.
 
-Where: post-GELU and post-LayerNorm Linears are found by data flow (:mod:`vitq.transforms.tracing`),
+First the recipe's default kinds (``inputs``: every activation operand; ``weights``: every Linear / Conv
+weight), then the role kinds over them. Where: post-GELU and post-LayerNorm Linears are found by data flow (:mod:`vitq.transforms.tracing`),
 post-softmax maps are the first operand of every ``attn_context`` matmul, LayerNorm inputs (the fully
 quantized option) those of every LayerNorm inside a calibration unit.
 """
@@ -16,8 +17,14 @@ import torch.nn as nn
 from vitq.config import INPUT_QUANTIZERS, QuantConfig
 from vitq.errors import ConfigError, UnsupportedModelError
 from vitq.nn.qnorm import QuantLayerNorm
-from vitq.nn.qops import QuantLinear, QuantMatMul, quant_ops
-from vitq.quantizers.kinds import post_gelu_quantizer, post_layernorm_quantizer, post_softmax_quantizer
+from vitq.nn.qops import QuantConv2d, QuantLinear, QuantMatMul, quant_ops
+from vitq.quantizers.kinds import (
+    input_quantizer,
+    post_gelu_quantizer,
+    post_layernorm_quantizer,
+    post_softmax_quantizer,
+    weight_quantizer,
+)
 from vitq.recipes import Recipe
 from vitq.transforms.tracing import gelu_types, trace_consumers
 
@@ -47,6 +54,7 @@ def install_quantizers(model: nn.Module, config: QuantConfig, recipe: Recipe, ad
     mods = dict(model.named_modules())
     device = next(model.parameters()).device
     what = type(model).__name__
+    counts.update(_install_defaults(model, recipe, device))
     needs_trace = q.post_gelu != "uniform" or recipe.transforms or q.post_layernorm != "uniform"
     if needs_trace:
         example = torch.randn(1, *data_config.input_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -93,6 +101,26 @@ def install_quantizers(model: nn.Module, config: QuantConfig, recipe: Recipe, ad
     counts.update(_install_plan_kinds(model, config, device))
     if counts:
         log.info("recipe %s: installed %s", recipe.name, counts)
+    return counts
+
+
+def _install_defaults(model: nn.Module, recipe: Recipe, device) -> dict[str, int]:
+    """The recipe's ``inputs`` kind on every activation operand (both operands of an attention product)
+    and its ``weights`` kind on every Linear / Conv weight, where they are not the uniform quantizer."""
+    q = recipe.quantizers
+    counts: dict[str, int] = {}
+    for op in quant_ops(model).values():
+        if not isinstance(op, (QuantLinear, QuantConv2d, QuantMatMul)):  # e.g. the fully quantized LayerNorm
+            continue
+        if q.inputs != "uniform":
+            _set_input_quantizer(op, input_quantizer(q.inputs, op.quantizers()[0].bits), device)
+            if isinstance(op, QuantMatMul):
+                op.b_quantizer = input_quantizer(q.inputs, op.b_quantizer.bits).to(device)
+            counts[f"inputs:{q.inputs}"] = counts.get(f"inputs:{q.inputs}", 0) + 1
+        if q.weights != "uniform" and op.has_weight:
+            old = op.weight_quantizer
+            op.weight_quantizer = weight_quantizer(q.weights, old.bits, old.axis, old.scale.numel()).to(device)
+            counts[f"weights:{q.weights}"] = counts.get(f"weights:{q.weights}", 0) + 1
     return counts
 
 

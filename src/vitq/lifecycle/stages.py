@@ -159,7 +159,7 @@ class SwapModules(Stage):
         data_config = getattr(model, "vitq_data_config", None) or adapter.data_config(model)
         example = example_images(data_config)
         float_census = take_census(model, default_forward, example)  # before any swap: what the model computes
-        heads = set() if config.quantize_head else set(adapter.head_names(model))
+        heads = set() if recipe.quantize_head else set(adapter.head_names(model))
         if not config.quantize_backbone:
             heads |= set(adapter.backbone_names(model))
         kept_float = _float_by_plan(model, config)
@@ -177,6 +177,8 @@ class SwapModules(Stage):
                 raise ConfigError(f"plan[{key!r}].enabled=false: op {name} is an attention product, which "
                                   "cannot be left in float by a plan entry; only Linear and Conv layers can")
             w_bits, a_bits = config.bits_for(name)
+            if opts.a_bits is None:  # a recipe's fixed Conv input bits (RepQ-ViT: 8); a plan's a_bits wins
+                a_bits = recipe.input_bits(op.role, a_bits)
             op.set_bits(a_bits, w_bits if op.has_weight else a_bits)
         unmatched = [k for k in config.plan if not any(config.plan_entry(n)[0] == k for n in [*ops, *kept_float])]
         if unmatched:

@@ -117,5 +117,8 @@ class FloatPassthrough(SearchableQuantizer):
     def init_max(self, x: torch.Tensor) -> None:
         pass
 
+    def init_lp(self, x: torch.Tensor) -> None:
+        pass
+
     def search(self, x, loss_fn, current_loss, base, factors, exhaustive=False) -> float:
         return current_loss

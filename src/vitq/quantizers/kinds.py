@@ -14,8 +14,23 @@ from vitq.quantizers.uniform import UniformQuantizer
 
 
 def post_gelu_quantizer(kind: str, bits: int) -> nn.Module:
-    """``uniform``, or the sign-split two-region quantizer (``optm`` searched ratio, ``ptq4vit`` fixed)."""
-    return UniformQuantizer(bits) if kind == "uniform" else TwoRegionQuantizer(bits, mode=kind)
+    """``uniform``, ``affine`` (RepQ-ViT's plain asymmetric), or the sign-split two-region quantizer
+    (``optm`` searched ratio, ``ptq4vit`` fixed)."""
+    if kind in ("uniform", "affine"):
+        return input_quantizer(kind, bits)
+    return TwoRegionQuantizer(bits, mode=kind)
+
+
+def input_quantizer(kind: str, bits: int) -> nn.Module:
+    """A per-tensor activation quantizer: ``uniform`` (Eq. 8, symmetric) or ``affine`` (asymmetric)."""
+    return UniformQuantizer(bits) if kind == "uniform" else AffineQuantizer(bits)
+
+
+def weight_quantizer(kind: str, bits: int, axis: int | None, num_channels: int) -> nn.Module:
+    """A weight quantizer, per tensor (``axis=None``) or per channel: ``uniform`` (Eq. 8) or ``affine``."""
+    if kind == "uniform":
+        return UniformQuantizer(bits, axis=axis, num_channels=num_channels)
+    return AffineQuantizer(bits, axis=axis, num_channels=num_channels)
 
 
 def post_softmax_quantizer(kind: str, bits: int) -> nn.Module:

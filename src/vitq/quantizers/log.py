@@ -9,8 +9,10 @@ and x_hat = 0 where round(-log2(x / Delta) / step) >= 2^b (underflow, and x = 0)
 - :class:`LogSqrt2Quantizer` (step 1/2, base sqrt(2); RepQ-ViT, Li et al. 2023): x_hat is computed
   as RepQ-ViT's public code does, 2^(-ceil(q/2)) * (sqrt(2) if q is odd else 1) * Delta (a shift and
   one multiplier), and Delta is chosen among RepQ-ViT's candidates, max(x) and its 0.999 / 0.9999 /
-  0.99999 quantiles. RepQ-ViT scores them by the input's reconstruction error; here they are scored
-  by the op's objective on its output, like every other interval in vitq.
+  0.99999 quantiles. The interval search scores them by the op's objective on its output, like every
+  other interval in vitq; :meth:`LogSqrt2Quantizer.init_lp` is RepQ-ViT's own rule (the ``repq-vit``
+  recipe): the three quantiles scored by the squared error of the input itself, max(x) only if none
+  scores below 1e10 (the authors' initial value).
 
 As in both public implementations the exact zero comes on top of the 2^b codes (2^b + 1 values);
 a strictly b-bit integer form would give one of the codes up for it.
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from vitq.distributed import shard_max, shard_rows
+from vitq.quantizers.affine import interp_quantile
 from vitq.quantizers.base import LossFn, SearchableQuantizer
 
 #: RepQ-ViT's Delta candidates: quantiles of the calibration activations
@@ -92,6 +95,20 @@ class LogSqrt2Quantizer(LogQuantizer):
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
         self.scale.copy_(shard_max(x.detach().max()).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def init_lp(self, x: torch.Tensor) -> None:
+        """RepQ-ViT's Delta (``quant/quantizer.py``, ``LogSqrt2Quantizer.init_quantization_scale``): among the
+        0.999 / 0.9999 / 0.99999 quantiles (linear interpolation), the one with the least mean squared
+        error of ``x`` itself; every rank's rows in a data-parallel calibration."""
+        everything = shard_rows(x).detach().float()
+        best, best_err = everything.max(), 1e10
+        for p in REPQ_QUANTILES:
+            c = interp_quantile(everything, p)
+            err = float((self.fake_quant_with(everything, c) - everything).pow(2).mean())
+            if err < best_err:
+                best, best_err = c, err
+        self.scale.copy_(best.clamp_min(1e-12))
 
     @torch.no_grad()
     def search(self, x: torch.Tensor, loss_fn: LossFn, current_loss: float, base: torch.Tensor,

@@ -2,10 +2,11 @@
 
 A recipe names, for one calibration method, everything that is not a number the user tunes:
 
-- which quantizer sits at each activation role (:class:`Quantizers`): the inputs of Linears after a
+- which quantizer sits at each operand role (:class:`Quantizers`): the inputs of Linears after a
   LayerNorm, after a GELU, the post-softmax attention map, the LayerNorm inputs of the fully
-  quantized option (weights, Q and K, and the other Linear inputs are always the uniform quantizer of
-  Liu et al. Eq. 8);
+  quantized option, every other activation operand, and the weights (the uniform quantizer of Liu et
+  al. Eq. 8 unless the recipe names another);
+- whether the classification head is quantized, and a fixed bit-width for the patch embedding's input;
 - the weight granularity (per tensor or per output channel) and rounding (to nearest, or GPTQ's
   error-feedback rounding on the searched grid, :mod:`vitq.calibration.gptq`);
 - the function-preserving model transforms it folds in before its ops are calibrated (``sqb``,
@@ -29,11 +30,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from vitq.errors import ConfigError
+from vitq.quantizers.uniform import check_bits
 
 if TYPE_CHECKING:
     from vitq.config import QuantConfig
 
-INITS = ("max", "percentile")
+#: ``lp_percentile``: RepQ-ViT's range rule, quantile candidates scored by the tensor's own squared error
+INITS = ("max", "percentile", "lp_percentile")
 #: the ``origin`` of a results row
 ORIGINS = ("vitq", "baseline", "peer")
 #: objectives computed from the op's output alone (per-sample moments: the fast search's levers apply)
@@ -42,7 +45,10 @@ SIMILARITY_OBJECTIVES = ("pearson", "cosine", "mse")
 OBJECTIVES = (None, *SIMILARITY_OBJECTIVES, "hessian")
 TRANSFORMS = ("sqb", "smoothquant", "repq")
 POST_LAYERNORM = ("uniform", "affine")
-POST_GELU = ("uniform", "optm", "ptq4vit")
+POST_GELU = ("uniform", "affine", "optm", "ptq4vit")
+#: every activation operand no role field names, and the weights: symmetric (Eq. 8) or asymmetric
+INPUTS = ("uniform", "affine")
+WEIGHTS = ("uniform", "affine")
 POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
@@ -65,7 +71,10 @@ class SearchSpec:
     """How one op's intervals are initialised and searched (Liu et al. 3.2 and the baselines).
 
     Attributes:
-        init: ``"max"`` (interval covering max|x|) or ``"percentile"`` (activation intervals from a percentile).
+        init: ``"max"`` (interval covering max|x|), ``"percentile"`` (activation intervals from a percentile)
+            or ``"lp_percentile"`` (RepQ-ViT: every operand's range among its 0.999 / 0.9999 / 0.99999
+            quantiles, the one with the least squared error of the operand itself, per channel for
+            per-channel weights; each quantizer's ``init_lp``).
         objective: ``None`` (no search: the initial intervals stay), ``"pearson"`` (Eq. 12), ``"cosine"``
             (EasyQuant), ``"mse"`` or ``"hessian"`` (PTQ4ViT, :class:`vitq.calibration.search.loss.HessianLoss`).
         ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
@@ -165,16 +174,23 @@ class Quantizers:
         post_softmax: the attention map, first operand of attn·V: ``uniform``, ``optm``/``ptq4vit``
             (twin uniform, magnitude split), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT).
         layernorm_input: also quantize LayerNorm inputs with power-of-two factors (FQ-ViT).
+        inputs: every other activation operand (Linear and Conv inputs no field above names, both
+            operands of Q·K^T, V of attn·V): ``uniform`` (Eq. 8, symmetric) or ``affine`` (asymmetric,
+            per tensor: RepQ-ViT's).
+        weights: every quantized Linear / Conv weight: ``uniform`` (Eq. 8, symmetric) or ``affine``
+            (asymmetric, per output channel or per tensor as ``per_channel_weights`` says: RepQ-ViT's).
     """
 
     post_layernorm: str = "uniform"
     post_gelu: str = "uniform"
     post_softmax: str = "uniform"
     layernorm_input: bool = False
+    inputs: str = "uniform"
+    weights: str = "uniform"
 
     def __post_init__(self) -> None:
         for name, allowed in (("post_layernorm", POST_LAYERNORM), ("post_gelu", POST_GELU),
-                              ("post_softmax", POST_SOFTMAX)):
+                              ("post_softmax", POST_SOFTMAX), ("inputs", INPUTS), ("weights", WEIGHTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
 
@@ -199,6 +215,10 @@ class Recipe:
             ``"gptq"`` (Frantar et al. 2023: column by column with error feedback through the inverse
             Hessian of the op's inputs, :mod:`vitq.calibration.gptq`), right after each op's search.
         reconstruction: ``None``, or block reconstruction after each unit's search (:class:`Reconstruction`).
+        quantize_head: quantize the classification head too (``QuantConfig.quantize_head`` overrides it).
+        conv_input_bits: the bit-width of every quantized Conv's input (the patch embedding) whatever
+            the activation bit-width (RepQ-ViT: 8); ``None``: the activation bit-width. A plan entry's
+            ``a_bits`` overrides it.
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
         peer: ``vitq bench --peers`` adds it to the methods (the comparison table's rows).
@@ -217,6 +237,8 @@ class Recipe:
     per_channel_weights: bool = False
     weight_rounding: str = "nearest"
     reconstruction: Reconstruction | None = None
+    quantize_head: bool = False
+    conv_input_bits: int | None = None
     family: str = ""
     table: bool = False
     ablation: bool = False
@@ -232,6 +254,10 @@ class Recipe:
         if len(self.transforms) > 1:
             raise ConfigError(f"recipe {self.name!r}: at most one LayerNorm-folding transform, got {self.transforms}")
         check_weight_rounding(self.weight_rounding, f"recipe {self.name!r}: weight_rounding")
+        if not isinstance(self.quantize_head, bool):
+            raise ConfigError(f"recipe {self.name!r}: quantize_head={self.quantize_head!r} must be True or False")
+        if self.conv_input_bits is not None:
+            check_bits(self.conv_input_bits, f"recipe {self.name!r}: conv_input_bits")
         if self.reconstruction is not None and self.reconstruction.learn_rounding and self.weight_rounding == "gptq":
             raise ConfigError(f"recipe {self.name!r}: reconstruction learns the weight rounding (AdaRound) from "
                               "the float weights; weight_rounding='gptq' would be overwritten: use one of them")
@@ -295,8 +321,14 @@ class Recipe:
         recon = self.reconstruction
         if config.recon_iters is not None:
             recon = None if config.recon_iters == 0 else replace(recon or Reconstruction(), iters=config.recon_iters)
+        head = self.quantize_head if config.quantize_head is None else config.quantize_head
         return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
-                       weight_rounding=rounding, rotation=rotation, reconstruction=recon)
+                       weight_rounding=rounding, rotation=rotation, reconstruction=recon, quantize_head=head)
+
+    def input_bits(self, role: str, a_bits: int) -> int:
+        """The bit-width of an op's first operand: ``conv_input_bits`` for a Conv (role ``conv``) when the
+        recipe fixes it, else ``a_bits``."""
+        return self.conv_input_bits if role == "conv" and self.conv_input_bits is not None else a_bits
 
     def row_fields(self, config: QuantConfig) -> dict:
         """Results-row fields naming the quantizer and transform choices (empty for plain recipes), and

@@ -128,7 +128,7 @@ def _channel_percentile_range(x: torch.Tensor, bits: int) -> tuple[torch.Tensor,
     return best_lo, best_hi
 
 
-def repq_factors(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def repq_reparameterisation(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """RepQ-ViT's reparameterisation of per-channel asymmetric intervals to one per-tensor interval.
 
     Args:
@@ -136,7 +136,9 @@ def repq_factors(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
         bits: the activation bit-width.
 
     Returns:
-        (shift, scale) for :func:`fold_norm_into_linears`: X' = X / r - b = (X - r b) / r.
+        ``(shift, scale, s~, z~)``: shift and scale for :func:`fold_norm_into_linears`,
+        X' = X / r - b = (X - r b) / r, and the per-tensor interval of X' the authors' code sets on the
+        next Linear's input quantizer: s~ = mean(s_j), z~ = mean(z_j) (not rounded, as theirs).
     """
     x = _subsample(x.float(), 1 << 15)
     lo, hi = _channel_percentile_range(x, bits)
@@ -145,7 +147,12 @@ def repq_factors(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     s_t, zp_t = s.mean(), zp.mean()
     r = s / s_t
     b = (-zp * s) / r - (-zp_t * s_t)
-    return b * r, r
+    return b * r, r, float(s_t), float(zp_t)
+
+
+def repq_factors(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(shift, scale)`` of :func:`repq_reparameterisation`."""
+    return repq_reparameterisation(x, bits)[:2]
 
 
 def _subsample(x: torch.Tensor, max_rows: int) -> torch.Tensor:
@@ -208,6 +215,8 @@ class SmoothingRecord:
     mode: str
     alpha: float | None = None
     alpha_losses: dict = field(default_factory=dict)
+    #: ``repq``: the per-tensor interval ``(scale, zero_point)`` of the reparameterised output
+    interval: tuple[float, float] | None = None
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -295,8 +304,8 @@ def smooth_unit(unit: nn.Module, inputs, mode: str, *, alpha: float | None = Non
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen.pop(n)])
         linears = [mods[li] for li in ls]
         if mode == "repq":
-            shift, scale = repq_factors(x, _a_bits(linears[0]))
-            rec = SmoothingRecord(n, ls, mode)
+            shift, scale, s_t, zp_t = repq_reparameterisation(x, _a_bits(linears[0]))
+            rec = SmoothingRecord(n, ls, mode, interval=(s_t, zp_t))
         else:
             a, losses = (alpha, {}) if alpha is not None else choose_alpha(x, linears, alphas, mode == "sqb")
             w_absmax = torch.stack([li.weight.abs().amax(dim=0) for li in linears]).amax(dim=0)
