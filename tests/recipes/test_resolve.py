@@ -46,7 +46,8 @@ def test_bench_row_flags():
     assert _row_fields(method="liu2021") == {}
     assert _row_fields(method="mptq") == {"smoothing": "sqb", "post_gelu": "optm", "smoothquant_alpha": "search"}
     assert _row_fields(method="liu2021", fully_quantized=True) == {"post_softmax": "log2", "fully_quantized": True}
-    assert _row_fields(method="repq-vit") == {"smoothing": "repq", "post_softmax": "log_sqrt2"}
+    # (the authors' settings: a post_gelu field sets the faithful rows apart from the old repq-vit rows)
+    assert _row_fields(method="repq-vit") == {"smoothing": "repq", "post_gelu": "affine", "post_softmax": "log_sqrt2"}
 
 
 def test_sqb_shift_false_needs_sqb():

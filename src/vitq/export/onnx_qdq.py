@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from vitq.errors import ExportError
 from vitq.nn.qops import QuantLinear, QuantOp, quant_ops
+from vitq.quantizers.affine import AffineQuantizer
 from vitq.quantizers.two_region import TwoRegionQuantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize, qrange
 
@@ -103,6 +104,12 @@ def _is_u8(activation_type: str) -> bool:
 
 
 def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
+    if isinstance(q, AffineQuantizer):
+        gran = "per-channel " if q.axis is not None else ""
+        raise ExportError(f"{where}: {gran}asymmetric quantizer (AffineQuantizer, a zero point per "
+                          f"{'channel' if q.axis is not None else 'tensor'}) cannot be exported: the ONNX QDQ exporter "
+                          "writes vitq's symmetric codes of Eq. 8 (zero point 0 or 128 for u8) only, and RepQ-ViT's "
+                          "reparameterised zero point is not an integer; export a recipe with symmetric quantizers")
     if type(q) is not UniformQuantizer:
         raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
                           f"{UniformQuantizer.__name__}, and {TwoRegionQuantizer.__name__} on a Linear's input")

@@ -54,6 +54,8 @@ def recipes_table() -> str:
         parts += [f"weight rounding: {r.weight_rounding}"] * (r.weight_rounding != "nearest")
         parts += [f"transform: {t}" for t in r.transforms]
         parts += [f"rotation: {r.rotation}"] if r.rotation else []
+        parts += ["head quantized"] * r.quantize_head
+        parts += [f"Conv input {r.conv_input_bits}-bit"] if r.conv_input_bits is not None else []
         parts += [f"block reconstruction ({r.reconstruction.iters} steps/unit)"] if r.reconstruction else []
         lines.append(f"| `{r.name}` | {r.family} | {search} | {', '.join(parts) or 'uniform (Eq. 8)'} | {r.reference} |")
     return "\n".join(lines)
