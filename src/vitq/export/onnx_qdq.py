@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from vitq.errors import ExportError
 from vitq.nn.qops import QuantLinear, QuantOp, quant_ops
 from vitq.quantizers.affine import AffineQuantizer
+from vitq.quantizers.base import FloatPassthrough
+from vitq.quantizers.grouped import GroupedUniformQuantizer
 from vitq.quantizers.two_region import TwoRegionQuantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize, qrange
 
@@ -110,6 +112,14 @@ def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
                           f"{'channel' if q.axis is not None else 'tensor'}) cannot be exported: the ONNX QDQ exporter "
                           "writes vitq's symmetric codes of Eq. 8 (zero point 0 or 128 for u8) only, and RepQ-ViT's "
                           "reparameterised zero point is not an integer; export a recipe with symmetric quantizers")
+    if isinstance(q, GroupedUniformQuantizer):
+        raise ExportError(f"{where}: PTQ4ViT's per-group intervals (GroupedUniformQuantizer, {q.groups} intervals "
+                          f"along axis {q.axis}: q/k/v weight blocks, per-head Q/K/V or per-channel searched weights) "
+                          "cannot be exported: the ONNX QDQ exporter writes one interval per tensor, or per channel "
+                          "of a weight's output axis; export a recipe without them")
+    if isinstance(q, FloatPassthrough):
+        raise ExportError(f"{where}: this operand is kept in float (no quantizer: e.g. PTQ4ViT's float "
+                          "patch-embedding input); the ONNX QDQ exporter needs every operand quantized")
     if type(q) is not UniformQuantizer:
         raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
                           f"{UniformQuantizer.__name__}, and {TwoRegionQuantizer.__name__} on a Linear's input")

@@ -18,6 +18,8 @@ from vitq.config import INPUT_QUANTIZERS, QuantConfig
 from vitq.errors import ConfigError, UnsupportedModelError
 from vitq.nn.qnorm import QuantLayerNorm
 from vitq.nn.qops import QuantConv2d, QuantLinear, QuantMatMul, quant_ops
+from vitq.quantizers.base import FloatPassthrough
+from vitq.quantizers.grouped import GroupedUniformQuantizer
 from vitq.quantizers.kinds import (
     input_quantizer,
     post_gelu_quantizer,
@@ -25,6 +27,7 @@ from vitq.quantizers.kinds import (
     post_softmax_quantizer,
     weight_quantizer,
 )
+from vitq.quantizers.uniform import UniformQuantizer
 from vitq.recipes import Recipe
 from vitq.transforms.tracing import gelu_types, trace_consumers
 
@@ -55,9 +58,9 @@ def install_quantizers(model: nn.Module, config: QuantConfig, recipe: Recipe, ad
     device = next(model.parameters()).device
     what = type(model).__name__
     counts.update(_install_defaults(model, recipe, device))
+    example = torch.randn(1, *data_config.input_size, generator=torch.Generator().manual_seed(0)).to(device)
     needs_trace = q.post_gelu != "uniform" or recipe.transforms or q.post_layernorm != "uniform"
     if needs_trace:
-        example = torch.randn(1, *data_config.input_size, generator=torch.Generator().manual_seed(0)).to(device)
 
         def trace(producer):
             return trace_consumers(model, lambda: model(example), producer, lambda m: isinstance(m, QuantLinear))
@@ -98,6 +101,8 @@ def install_quantizers(model: nn.Module, config: QuantConfig, recipe: Recipe, ad
                         QuantLayerNorm.from_module(m, config.bits_for(name)[1]))
                 n += 1
         counts["layernorm_input:ptf"] = n
+    if q.grouped:
+        counts.update(_install_groups(model, recipe, device, lambda: model(example)))
     counts.update(_install_plan_kinds(model, config, device))
     if counts:
         log.info("recipe %s: installed %s", recipe.name, counts)
@@ -117,10 +122,77 @@ def _install_defaults(model: nn.Module, recipe: Recipe, device) -> dict[str, int
             if isinstance(op, QuantMatMul):
                 op.b_quantizer = input_quantizer(q.inputs, op.b_quantizer.bits).to(device)
             counts[f"inputs:{q.inputs}"] = counts.get(f"inputs:{q.inputs}", 0) + 1
+        if recipe.float_conv_input and isinstance(op, QuantConv2d):  # PTQ4ViT: only the weight is quantized
+            op.input_quantizer = FloatPassthrough().to(device)
+            counts["conv_input:float"] = counts.get("conv_input:float", 0) + 1
         if q.weights != "uniform" and op.has_weight:
             old = op.weight_quantizer
             op.weight_quantizer = weight_quantizer(q.weights, old.bits, old.axis, old.scale.numel()).to(device)
             counts[f"weights:{q.weights}"] = counts.get(f"weights:{q.weights}", 0) + 1
+    return counts
+
+
+def _install_groups(model: nn.Module, recipe: Recipe, device, run) -> dict[str, int]:
+    """PTQ4ViT's per-group intervals (:class:`~vitq.quantizers.grouped.GroupedUniformQuantizer`): Conv
+    weights per output channel, a fused qkv Linear's weight per q/k/v block, Q, K, V per head.
+
+    The heads and the fused qkv Linears are found from one forward's shapes, not from names: an attention
+    product's operands are ``(B, heads, tokens, head_dim)``, and a fused qkv Linear is a Linear of the
+    module that holds Q·K^T whose output is 3 x heads x head_dim wide.
+    """
+    q = recipe.quantizers
+    ops = quant_ops(model)
+    counts: dict[str, int] = {}
+
+    def grouped(bits: int, axis: int, groups: int, out_axis: int) -> GroupedUniformQuantizer:
+        return GroupedUniformQuantizer(bits, axis=axis, groups=groups, out_axis=out_axis).to(device)
+
+    if q.conv_weight_channels:
+        for op in ops.values():
+            if isinstance(op, QuantConv2d) and type(op.weight_quantizer) is UniformQuantizer:
+                op.weight_quantizer = grouped(op.weight_quantizer.bits, 0, op.out_channels, 1)
+                counts["weights:per_channel_searched"] = counts.get("weights:per_channel_searched", 0) + 1
+    if not (q.qkv_weight_blocks or q.attention_heads):
+        return counts
+    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+    matmuls = {n: op for n, op in ops.items() if isinstance(op, QuantMatMul)}
+
+    def record(name: str):
+        def hook(_m, args) -> None:
+            shapes.setdefault(name, (args[0].shape, args[1].shape))
+        return hook
+
+    handles = [op.register_forward_pre_hook(record(n)) for n, op in matmuls.items()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    for name, op in matmuls.items():
+        if name not in shapes:
+            continue
+        a_shape, b_shape = shapes[name]
+        if len(a_shape) != 4 or len(b_shape) != 4:
+            raise UnsupportedModelError(f"recipe {recipe.name!r}: per-head intervals need attention operands shaped "
+                                        f"(batch, heads, tokens, head_dim); {name} has {tuple(a_shape)}, "
+                                        f"{tuple(b_shape)}")
+        heads = b_shape[1]
+        if q.attention_heads:
+            if op.role == "attn_scores":  # Q and K^T
+                op.a_quantizer = grouped(op.a_quantizer.bits, 1, a_shape[1], 1)
+            op.b_quantizer = grouped(op.b_quantizer.bits, 1, heads, 1)  # K^T, or V of attn·V
+            counts["inputs:per_head"] = counts.get("inputs:per_head", 0) + (2 if op.role == "attn_scores" else 1)
+        if q.qkv_weight_blocks and op.role == "attn_scores":
+            width = 3 * a_shape[1] * a_shape[-1]
+            parent = name.rpartition(".")[0]
+            for li, lin in ops.items():
+                if (isinstance(lin, QuantLinear) and li.rpartition(".")[0] == parent and lin.out_features == width
+                        and type(lin.weight_quantizer) is UniformQuantizer):
+                    if lin.weight_quantizer.axis is not None:  # per-channel weights: finer than q/k/v blocks
+                        log.info("%s: per-channel weights kept (finer than PTQ4ViT's q/k/v blocks)", li)
+                        continue
+                    lin.weight_quantizer = grouped(lin.weight_quantizer.bits, 0, 3, -1)
+                    counts["weights:qkv_blocks"] = counts.get("weights:qkv_blocks", 0) + 1
     return counts
 
 

@@ -29,8 +29,8 @@ R2 with Delta_R2 = 2^k Delta_R1; each region a (b-1)-bit unsigned code, plus one
     x <  2^(b-1) Delta_R1:  Delta_R1 * clamp(round(x / Delta_R1), 0, 2^(b-1) - 1)
     otherwise:              Delta_R2 * clamp(round(x / Delta_R2), 0, 2^(b-1) - 1)
 
-- ``mode="ptq4vit"``: Delta_R2 = 1 / 2^(b-1) fixed, k searched in 0..19 (the split points 2^-k of
-  their code). Their code's split-of-softmax adds the two regions' values instead of selecting one
+- ``mode="ptq4vit"``: Delta_R2 = 1 / (2^(b-1) - 1) fixed (their ``SoSPTQSLBatchingQuantMatMul``: the top
+  code is 1.0), k searched in 0..19 (the split points 2^-k of their code: Delta_R1 = 2^-k / (2^(b-1) - 1)). Their code's split-of-softmax adds the two regions' values instead of selecting one
   (so values at and above the split carry an offset); we follow the paper's definition.
 - ``mode="optm"`` (the design's optional OPT-m for softmax maps): k in 0..``max_log2_ratio`` and
   Delta_R2 over ``fractions`` of max(x) / (2^(b-1) - 1), searched jointly.
@@ -217,7 +217,7 @@ class TwinUniformQuantizer(SearchableQuantizer):
         return self._fq(x, scale, self.fine_scale * (scale / self.scale))
 
     def _coarse_ptq4vit(self) -> torch.Tensor:
-        return torch.tensor(1.0 / 2 ** (self.bits - 1), device=self.scale.device)
+        return torch.tensor(1.0 / (2 ** (self.bits - 1) - 1), device=self.scale.device)
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:

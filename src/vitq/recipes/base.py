@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: ``lp_percentile``: RepQ-ViT's range rule, quantile candidates scored by the tensor's own squared error
 INITS = ("max", "percentile", "lp_percentile")
+#: the candidate grids of :meth:`SearchSpec.factors`
+GRIDS = ("linspace", "left")
 #: the ``origin`` of a results row
 ORIGINS = ("vitq", "baseline", "peer")
 #: objectives computed from the op's output alone (per-sample moments: the fast search's levers apply)
@@ -49,6 +51,8 @@ POST_GELU = ("uniform", "affine", "optm", "ptq4vit")
 #: every activation operand no role field names, and the weights: symmetric (Eq. 8) or asymmetric
 INPUTS = ("uniform", "affine")
 WEIGHTS = ("uniform", "affine")
+#: PTQ4ViT's per-group intervals, :class:`Quantizers` fields
+GROUP_OPTIONS = ("qkv_weight_blocks", "conv_weight_channels", "attention_heads")
 POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
@@ -80,6 +84,11 @@ class SearchSpec:
         ranking: add the ranking loss of Eq. 10 on attention scores (Eq. 11).
         bias_correction: Eq. 13-15 after each alternating round.
         alpha, beta: candidate range [alpha*Delta0, beta*Delta0].
+        grid: ``"linspace"`` (C factors from alpha to beta, both ends included) or ``"left"`` (PTQ4ViT's
+            code: alpha + i (beta - alpha) / C for i = 0..C-1, so beta itself is not a candidate).
+        rounds: ``None`` (alternating rounds until one improves the objective by less than
+            ``QuantConfig.tol``, at most ``QuantConfig.max_iters``), or exactly this many rounds (PTQ4ViT:
+            3), still at most ``max_iters``.
     """
 
     init: str = "max"
@@ -88,8 +97,15 @@ class SearchSpec:
     bias_correction: bool = False
     alpha: float = 0.5
     beta: float = 1.2
+    grid: str = "linspace"
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
+        if self.grid not in GRIDS:
+            raise ConfigError(f"grid={self.grid!r}: choose one of {', '.join(GRIDS)}")
+        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)
+                                        or self.rounds < 1):
+            raise ConfigError(f"rounds={self.rounds!r} must be a positive integer or None (until converged)")
         if self.init not in INITS:
             raise ConfigError(f"init={self.init!r}: choose one of {', '.join(INITS)}")
         if self.objective not in OBJECTIVES:
@@ -104,6 +120,9 @@ class SearchSpec:
         (``torch.linspace`` rounding, so every search walks the same float32 grid)."""
         import torch
 
+        if self.grid == "left":
+            step = (self.beta - self.alpha) / num_candidates
+            return torch.tensor([self.alpha + i * step for i in range(num_candidates)]).tolist()
         return torch.linspace(self.alpha, self.beta, num_candidates).tolist()
 
 
@@ -179,6 +198,18 @@ class Quantizers:
             per tensor: RepQ-ViT's).
         weights: every quantized Linear / Conv weight: ``uniform`` (Eq. 8, symmetric) or ``affine``
             (asymmetric, per output channel or per tensor as ``per_channel_weights`` says: RepQ-ViT's).
+        qkv_weight_blocks: a fused qkv Linear (the Linear of an attention module whose output is Q, K
+            and V: ``out_features`` = 3 x heads x head_dim) gets one interval per q, k, v block of output
+            rows, each searched on its own (PTQ4ViT's ``n_V=3``); per-tensor weights only (per-channel
+            weights are finer already).
+        conv_weight_channels: every quantized Conv weight (the patch embedding) one interval per output
+            channel, each searched on its own (PTQ4ViT's ``ChannelwiseBatchingQuantConv2d``).
+        attention_heads: Q and K (operands of Q·K^T) and V (second operand of attn·V) one interval per
+            head, each searched on its own (PTQ4ViT's head-wise ``n_G``).
+
+    The three group options (:class:`vitq.quantizers.grouped.GroupedUniformQuantizer`) need symmetric
+    operands (``inputs``/``weights`` ``uniform``) and an objective that adds up over the output
+    (``hessian``).
     """
 
     post_layernorm: str = "uniform"
@@ -187,12 +218,29 @@ class Quantizers:
     layernorm_input: bool = False
     inputs: str = "uniform"
     weights: str = "uniform"
+    qkv_weight_blocks: bool = False
+    conv_weight_channels: bool = False
+    attention_heads: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("post_layernorm", POST_LAYERNORM), ("post_gelu", POST_GELU),
                               ("post_softmax", POST_SOFTMAX), ("inputs", INPUTS), ("weights", WEIGHTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        for name in GROUP_OPTIONS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
+        if (self.qkv_weight_blocks or self.conv_weight_channels) and self.weights != "uniform":
+            raise ConfigError(f"qkv_weight_blocks / conv_weight_channels are symmetric intervals (Eq. 8): they need "
+                              f"weights='uniform', got {self.weights!r}")
+        if self.attention_heads and self.inputs != "uniform":
+            raise ConfigError(f"attention_heads gives Q, K, V symmetric per-head intervals (Eq. 8): it needs "
+                              f"inputs='uniform', got {self.inputs!r}")
+
+    @property
+    def grouped(self) -> bool:
+        """Any of PTQ4ViT's per-group intervals (``GROUP_OPTIONS``)."""
+        return any(getattr(self, name) for name in GROUP_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -219,6 +267,9 @@ class Recipe:
         conv_input_bits: the bit-width of every quantized Conv's input (the patch embedding) whatever
             the activation bit-width (RepQ-ViT: 8); ``None``: the activation bit-width. A plan entry's
             ``a_bits`` overrides it.
+        float_conv_input: every quantized Conv's input (the patch embedding's, the image) stays float:
+            only its weight is quantized (PTQ4ViT's ``a_bit=32``). Excludes ``conv_input_bits``; a plan
+            entry's ``input_quantizer`` overrides it.
         table: listed in the paper-layout tables (Liu et al. Table 1) of ``vitq bench``.
         ablation: part of the Liu et al. Table 3 ablation.
         peer: ``vitq bench --peers`` adds it to the methods (the comparison table's rows).
@@ -239,6 +290,7 @@ class Recipe:
     reconstruction: Reconstruction | None = None
     quantize_head: bool = False
     conv_input_bits: int | None = None
+    float_conv_input: bool = False
     family: str = ""
     table: bool = False
     ablation: bool = False
@@ -258,6 +310,15 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: quantize_head={self.quantize_head!r} must be True or False")
         if self.conv_input_bits is not None:
             check_bits(self.conv_input_bits, f"recipe {self.name!r}: conv_input_bits")
+        if not isinstance(self.float_conv_input, bool):
+            raise ConfigError(f"recipe {self.name!r}: float_conv_input={self.float_conv_input!r} must be True or False")
+        if self.float_conv_input and self.conv_input_bits is not None:
+            raise ConfigError(f"recipe {self.name!r}: float_conv_input=True keeps the Conv input float; "
+                              f"conv_input_bits={self.conv_input_bits} would quantize it: set one of them")
+        if self.quantizers.grouped and self.search.objective != "hessian":
+            raise ConfigError(f"recipe {self.name!r}: per-group intervals ({', '.join(GROUP_OPTIONS)}) are searched "
+                              f"group by group, which needs the additive objective 'hessian'; got "
+                              f"{self.search.objective!r}")
         if self.reconstruction is not None and self.reconstruction.learn_rounding and self.weight_rounding == "gptq":
             raise ConfigError(f"recipe {self.name!r}: reconstruction learns the weight rounding (AdaRound) from "
                               "the float weights; weight_rounding='gptq' would be overwritten: use one of them")

@@ -40,6 +40,7 @@ from vitq.calibration.search.reference import DirectEvaluator
 from vitq.distributed import shard_sum
 from vitq.nn.qops import QuantOp
 from vitq.quantizers.base import SearchableQuantizer
+from vitq.quantizers.grouped import GroupedUniformQuantizer
 from vitq.recipes.base import SIMILARITY_OBJECTIVES as OBJECTIVES
 from vitq.recipes.base import SearchSpec
 
@@ -89,6 +90,9 @@ def search_operand(evaluator, which: int, base: torch.Tensor, current_loss: floa
     """One operand's search (0: A / X, 1: B / W); returns the loss in force after it."""
     p = evaluator.problem
     q, _, x, _ = p.operands(which)
+    if isinstance(q, GroupedUniformQuantizer):  # PTQ4ViT's per-group intervals, each group on its own
+        q.search_groups(x, p.operand_group_loss(which, q.out_axis, q.groups), base, factors)
+        return p.current_loss()
     if isinstance(q, SearchableQuantizer):
         return q.search(x, p.operand_loss(which), current_loss, base, factors, exhaustive=evaluator.exhaustive)
     return evaluator.search_operand(which, base, current_loss, factors)
@@ -113,7 +117,8 @@ def search_op(op: QuantOp, name: str, data: OpData, spec: SearchSpec, *, num_can
     base_a, base_b = p.qa.scale.clone(), p.qb.scale.clone()
     loss = evaluator.current_loss()
     res = OpCalibrationResult(name=name, role=op.role, loss_start=loss, history=[loss])
-    for _ in range(max_iters):
+    rounds = max_iters if spec.rounds is None else min(spec.rounds, max_iters)
+    for _ in range(rounds):
         prev = loss
         loss = search_operand(evaluator, 1, base_b, loss, factors)  # Delta_X fixed, search Delta_W (or Delta_B)
         loss = search_operand(evaluator, 0, base_a, loss, factors)  # Delta_W fixed, search Delta_X (or Delta_A)
@@ -122,7 +127,7 @@ def search_op(op: QuantOp, name: str, data: OpData, spec: SearchSpec, *, num_can
             loss = evaluator.current_loss()
         res.rounds += 1
         res.history.append(loss)
-        if prev - loss < tol:
+        if spec.rounds is None and prev - loss < tol:
             break
     res.loss_end = loss
     return res

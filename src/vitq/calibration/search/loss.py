@@ -99,6 +99,13 @@ class HessianLoss(OutputLoss):
             total += (d.pow(2) * self.weight[rows]).sum().item()
         return total
 
+    def along(self, rows: slice, out: torch.Tensor, axis: int) -> torch.Tensor:
+        """The sum of this chunk's weighted squared error over every axis but ``axis`` of the output
+        (shape ``(out.shape[axis],)``): the error adds up over the output, so groups of output slices
+        can be searched each on its own (:class:`~vitq.quantizers.grouped.GroupedUniformQuantizer`)."""
+        e = (out - self.target[rows]).pow(2).mul_(self.weight[rows])
+        return e.movedim(axis, 0).reshape(e.shape[axis], -1).sum(dim=1, dtype=torch.float64)
+
 
 def make_loss(spec: SearchSpec, data: OpData, role: str, *, ranking_gamma: float, ranking_pairs: int,
               ranking_margin: float, generator: torch.Generator) -> OutputLoss:

@@ -14,6 +14,7 @@ import torch
 from vitq.calibration.search.data import OpData
 from vitq.calibration.search.loss import Chunks, OutputLoss
 from vitq.distributed import shard_count, shard_sum
+from vitq.errors import ConfigError
 from vitq.nn.qops import QuantOp
 
 # Output elements per evaluation chunk: bounds the temporary memory of one candidate evaluation.
@@ -79,6 +80,25 @@ class OpProblem:
         """The loss of the intervals in force, by direct evaluation."""
         return self.loss_of(self.qa.fake_quant_with(self.data.a, self.qa.scale),
                             self.qb.fake_quant_with(self.data.b, self.qb.scale))
+
+    def operand_group_loss(self, which: int, out_axis: int, groups: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``loss_fn(x_q)`` per group: as :meth:`operand_loss`, but the loss of each of ``groups`` equal
+        blocks of the output's ``out_axis`` (shape ``(groups,)``). Needs a loss that adds up over the output
+        (the Hessian-weighted error); raises :class:`~vitq.errors.ConfigError` for another."""
+        if not hasattr(self.loss, "along"):
+            raise ConfigError(f"per-group intervals are searched each on its own, which needs an objective that "
+                              f"adds up over the output ('hessian'); the op's loss is {type(self.loss).__name__}")
+        _, other_q, _, other = self.operands(which)
+        other_fq = other_q.fake_quant_with(other, other_q.scale)
+
+        def loss_fn(xq: torch.Tensor) -> torch.Tensor:
+            a, b = (xq, other_fq) if which == 0 else (other_fq, xq)
+            total = torch.zeros(groups, dtype=torch.float64, device=xq.device)
+            for rows, out in self.outputs(a, b):
+                total += self.loss.along(rows, out, out_axis).view(groups, -1).sum(dim=1)
+            return shard_sum(total) / self.n_total
+
+        return loss_fn
 
     def operand_loss(self, which: int) -> Callable[[torch.Tensor], float]:
         """``loss_fn(x_q)``: the loss with operand ``which`` replaced by ``x_q`` and the other operand
