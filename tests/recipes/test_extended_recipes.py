@@ -9,6 +9,7 @@ from vitq.eval.metrics import sqnr_db
 from vitq.export.serialization import load_quantized, save_quantized
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.affine import AffineQuantizer
+from vitq.quantizers.base import FloatPassthrough
 from vitq.quantizers.log import Log2Quantizer, LogSqrt2Quantizer
 from vitq.quantizers.two_region import TwinUniformQuantizer, TwoRegionQuantizer
 from vitq.quantizers.uniform import UniformQuantizer
@@ -56,7 +57,7 @@ def test_recipes_put_their_quantizers_in_place(tiny_vit, method, expect):
     for i in range(2):
         for suffix, cls in expect.items():
             assert kinds[f"blocks.{i}.{suffix}"] is cls, (suffix, kinds[f"blocks.{i}.{suffix}"])
-    assert kinds["patch_embed.proj"] is (AffineQuantizer if method == "repq-vit" else UniformQuantizer)
+    assert kinds["patch_embed.proj"] is {"repq-vit": AffineQuantizer, "ptq4vit": FloatPassthrough}.get(method, UniformQuantizer)
     mode = {"mptq": "optm", "ptq4vit": "ptq4vit"}.get(method)
     if mode:
         assert vitq.quantize(tiny_vit, vitq.QuantConfig(method=method)).blocks[0].mlp.fc2.input_quantizer.mode == mode
