@@ -88,6 +88,19 @@ def summarise(row: dict) -> dict:
     return row
 
 
+def markdown_table(path: str) -> str:
+    """The rows of ``path`` as one markdown table: bits, recipe, origin, top-1 (mean +- std over the seeds),
+    the drop against the float row on the same images, calibration images and seconds."""
+    rows = [r for r in load_rows(path) if r.get("benchmark") == "lowbit" and r["method"] != "float"]
+    lines = ["| bits | recipe | origin | top-1 % | seeds | vs float | calib images | calib s |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (-r["w_bits"], r["origin"] != "vitq", -r["top1"])):
+        std = f" ± {100 * r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
+        lines.append(f"| W{r['w_bits']}A{r['a_bits']} | `{r['method']}`{' (' + str(r['recon_iters']) + ' steps)' if r.get('recon_iters') else ''} "
+                     f"| {r['origin']} | {100 * r['top1']:.2f}{std} | {len(r['seeds'])} | {100 * (r['top1'] - r['top1_float']):+.2f} "
+                     f"| {r['num_calib']} | {r['calib_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, bits: int, seed: int, threads: int) -> dict:
     """ONNX QDQ in ONNX Runtime against the simulation on the same images, and the packed file's size."""
     import tempfile
@@ -131,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-test", type=int, default=5000)
     p.add_argument("--num-calib", type=int, default=32)
     p.add_argument("--bits", type=int, nargs="+", default=[4])
-    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", default=[])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="QuantConfig field for every run")
     p.add_argument("--threads", type=int, default=1)
@@ -142,7 +155,13 @@ def main(argv=None) -> int:
     p.add_argument("--export", action="store_true",
                    help="export the last seed's model to ONNX QDQ and packed storage (a row in export.json)")
     p.add_argument("--export-out", default=str(EXPORT_RESULTS))
+    p.add_argument("--table", action="store_true", help="print --out's rows as a markdown table and exit")
     a = p.parse_args(argv)
+    if not a.table and not a.methods:
+        p.error("--methods is required (or --table)")
+    if a.table:
+        print(markdown_table(a.out))
+        return 0
     torch.set_num_threads(a.threads)
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
     command = "python benchmarks/lowbit.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
