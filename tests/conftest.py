@@ -37,6 +37,14 @@ def tiny_vit():
     return make_tiny_vit()
 
 
+def quantize_calibrated(model, calib, method: str, **cfg):
+    """``model`` quantized with ``method`` and calibrated on ``calib``: (quantized model, report)."""
+    import vitq
+
+    q = vitq.quantize(model, vitq.QuantConfig(method=method, **cfg))
+    return q, vitq.calibrate(q, calib, progress=False)
+
+
 @pytest.fixture
 def calib_images():
     g = torch.Generator().manual_seed(1)

@@ -5,6 +5,7 @@ per-head Q/K/V, the post-softmax coarse interval 1/(2^(b-1)-1), their candidate 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import quantize_calibrated
 
 import vitq
 from vitq.errors import ConfigError, ExportError, VitqError
@@ -21,8 +22,7 @@ W8A8_MIN_DB = 27.0
 
 
 def _calibrated(model, calib, **cfg):
-    q = vitq.quantize(model, vitq.QuantConfig(method="ptq4vit", **cfg))
-    return q, vitq.calibrate(q, calib, progress=False)
+    return quantize_calibrated(model, calib, "ptq4vit", **cfg)
 
 
 @pytest.fixture

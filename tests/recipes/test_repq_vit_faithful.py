@@ -4,6 +4,7 @@ activations, the patch embedding's input at 8 bits, the authors' range rule, no 
 
 import pytest
 import torch
+from conftest import quantize_calibrated
 
 import vitq
 from vitq.errors import ConfigError, ExportError, VitqError
@@ -20,8 +21,7 @@ W8A8_MIN_DB = 26.0
 
 
 def _calibrated(model, calib, **cfg):
-    q = vitq.quantize(model, vitq.QuantConfig(method="repq-vit", **cfg))
-    return q, vitq.calibrate(q, calib, progress=False)
+    return quantize_calibrated(model, calib, "repq-vit", **cfg)
 
 
 @pytest.fixture
