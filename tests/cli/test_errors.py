@@ -70,8 +70,9 @@ def test_ctrl_c_during_calibration_exits_130_without_traceback(folders):
     args = ["quantize", *TINY_VIT_CLI_ARGS, "--checkpoint", str(folders / "w.safetensors"), "--calib",
             str(folders / "calib"), "--num-calib", "6", "--num-candidates", "2000", "--max-iters", "200",
             "--no-report", "--out", str(folders / "out")]
+    # a shell's background job starts with SIGINT ignored, and Python then installs no handler: restore it
     proc = subprocess.Popen([sys.executable, "-m", "vitq", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+                            text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.monotonic() + 120
     try:

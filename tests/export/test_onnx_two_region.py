@@ -70,6 +70,6 @@ def test_ort_runs_two_integer_matmuls_per_fc2_and_matches(optm_model, test_image
 
 def test_post_softmax_twin_uniform_is_not_exportable(tmp_path, test_images):
     calib = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    q = calibrated(make_tiny_vit(), vitq.QuantConfig(method="ptq4vit", **SMALL), calib)
+    q = calibrated(make_tiny_vit(), vitq.QuantConfig(method="liu2021", optm_softmax=True, **SMALL), calib)
     with pytest.raises(ExportError, match=r"matmul_context \(input\): quantizer TwinUniformQuantizer"):
         export_onnx(q, tmp_path / "p.onnx")

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from vitq.errors import ConfigError
-from vitq.quantizers.uniform import check_bits
 
 if TYPE_CHECKING:
     from vitq.config import QuantConfig
@@ -308,8 +307,9 @@ class Recipe:
         check_weight_rounding(self.weight_rounding, f"recipe {self.name!r}: weight_rounding")
         if not isinstance(self.quantize_head, bool):
             raise ConfigError(f"recipe {self.name!r}: quantize_head={self.quantize_head!r} must be True or False")
-        if self.conv_input_bits is not None:
-            check_bits(self.conv_input_bits, f"recipe {self.name!r}: conv_input_bits")
+        b = self.conv_input_bits  # the quantizers' range (2..16; recipes import no torch, so not check_bits)
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16):
+            raise ConfigError(f"recipe {self.name!r}: conv_input_bits={b!r} is not valid: use an integer in 2..16")
         if not isinstance(self.float_conv_input, bool):
             raise ConfigError(f"recipe {self.name!r}: float_conv_input={self.float_conv_input!r} must be True or False")
         if self.float_conv_input and self.conv_input_bits is not None:
