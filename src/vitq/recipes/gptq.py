@@ -17,18 +17,18 @@ interval search: the engine runs it on every Linear / Conv right after that op's
 
 from vitq.recipes.base import Recipe, SearchSpec, register_recipe
 from vitq.recipes.liu2021 import PAPER as LIU
+from vitq.recipes.liu2021 import SEARCH as LIU_SEARCH
 
 PAPER = "Frantar et al., ICLR 2023 (GPTQ)"
 
 
 @register_recipe
 def gptq() -> tuple[Recipe, ...]:
-    liu = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
     return (
         Recipe("gptq", "per-channel max weight intervals, GPTQ rounding; activations per-tensor max, no search",
                PAPER, SearchSpec(), per_channel_weights=True, weight_rounding="gptq", peer=True, origin="peer"),
         Recipe("liu2021-pc", "Liu et al.'s search with per-channel weight intervals", f"{LIU}, Sec. 3; per-channel weights",
-               liu, per_channel_weights=True),
+               LIU_SEARCH, per_channel_weights=True),
         Recipe("liu2021-gptq", "Liu et al.'s search, per-channel weights, GPTQ rounding after each op's search",
-               f"{LIU}, Sec. 3 + {PAPER}", liu, per_channel_weights=True, weight_rounding="gptq"),
+               f"{LIU}, Sec. 3 + {PAPER}", LIU_SEARCH, per_channel_weights=True, weight_rounding="gptq"),
     )

@@ -9,6 +9,8 @@ of weight and input intervals over C candidates in [0.5, 1.2] x max (Sec. 4), an
 from vitq.recipes.base import Recipe, SearchSpec, register_recipe
 
 PAPER = "Liu et al., NeurIPS 2021"
+#: the full search of Sec. 3 (similarity + ranking + bias correction), shared by the recipes built on it
+SEARCH = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
 
 
 @register_recipe
@@ -16,7 +18,7 @@ def liu2021() -> tuple[Recipe, ...]:
     return (
         Recipe("liu2021", "similarity (Pearson) + ranking loss + bias correction, alternating search",
                f"{PAPER}, Sec. 3 (Eq. 8-15)",
-               SearchSpec(objective="pearson", ranking=True, bias_correction=True), table=True, ablation=True),
+               SEARCH, table=True, ablation=True),
         Recipe("liu2021-sim", "ablation: similarity-aware search only", f"{PAPER}, Table 3",
                SearchSpec(objective="pearson"), ablation=True),
         Recipe("liu2021-sim+rank", "ablation: similarity + ranking loss", f"{PAPER}, Table 3",

@@ -5,9 +5,9 @@ SQ-b is :mod:`vitq.transforms.smoothing`, OPT-m :class:`vitq.quantizers.two_regi
 ``mptq-sqb`` and ``mptq-optm`` are the two parts alone. Greedy mixed precision: :mod:`vitq.mp.greedy`.
 """
 
-from vitq.recipes.base import Quantizers, Recipe, SearchSpec, register_recipe
+from vitq.recipes.base import Quantizers, Recipe, register_recipe
+from vitq.recipes.liu2021 import SEARCH as LIU_SEARCH
 
-LIU_SEARCH = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
 PAPER = "Tai & Wu, MPTQ-ViT, arXiv 2401.14895"
 
 

@@ -13,9 +13,10 @@ weight rounding and activation intervals are learned against the float unit
 - ``liu2021-pc-recon``: the same without rotation.
 """
 
-from vitq.recipes.base import Recipe, Reconstruction, SearchSpec, register_recipe
+from vitq.recipes.base import Recipe, Reconstruction, register_recipe
 from vitq.recipes.gptq import PAPER as GPTQ
 from vitq.recipes.liu2021 import PAPER as LIU
+from vitq.recipes.liu2021 import SEARCH as LIU_SEARCH
 from vitq.recipes.rotation import QUAROT
 
 BRECQ = "Li et al., ICLR 2021 (BRECQ) + Wei et al., ICLR 2022 (QDrop): AdaRound rounding, LSQ intervals"
@@ -23,14 +24,13 @@ BRECQ = "Li et al., ICLR 2021 (BRECQ) + Wei et al., ICLR 2022 (QDrop): AdaRound 
 
 @register_recipe
 def reconstruction() -> tuple[Recipe, ...]:
-    liu = SearchSpec(objective="pearson", ranking=True, bias_correction=True)
     return (
         Recipe("liu2021-rot-gptq", "rotated residual stream, Liu et al.'s search, per-channel weights, GPTQ rounding",
-               f"{QUAROT}; {LIU}, Sec. 3; {GPTQ}", liu, rotation="hadamard", per_channel_weights=True,
+               f"{QUAROT}; {LIU}, Sec. 3; {GPTQ}", LIU_SEARCH, rotation="hadamard", per_channel_weights=True,
                weight_rounding="gptq"),
         Recipe("liu2021-rot-recon", "rotated residual stream, Liu et al.'s search, per-channel weights, "
-               "block reconstruction", f"{QUAROT}; {LIU}, Sec. 3; {BRECQ}", liu, rotation="hadamard",
+               "block reconstruction", f"{QUAROT}; {LIU}, Sec. 3; {BRECQ}", LIU_SEARCH, rotation="hadamard",
                per_channel_weights=True, reconstruction=Reconstruction()),
         Recipe("liu2021-pc-recon", "Liu et al.'s search, per-channel weights, block reconstruction",
-               f"{LIU}, Sec. 3; {BRECQ}", liu, per_channel_weights=True, reconstruction=Reconstruction()),
+               f"{LIU}, Sec. 3; {BRECQ}", LIU_SEARCH, per_channel_weights=True, reconstruction=Reconstruction()),
     )

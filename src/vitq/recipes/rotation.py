@@ -10,6 +10,7 @@ any recipe takes it with ``QuantConfig(rotation="hadamard")`` / ``--rotation had
 """
 
 from vitq.recipes.base import Recipe, SearchSpec, register_recipe
+from vitq.recipes.liu2021 import SEARCH as LIU_SEARCH
 
 QUAROT = "Ashkboos et al. 2024 (QuaRot), rotation + LayerNorm folding (SliceGPT)"
 
@@ -21,6 +22,6 @@ def rotation() -> tuple[Recipe, ...]:
                f"{QUAROT}; RTN baseline", SearchSpec(), rotation="hadamard", per_channel_weights=True),
         Recipe("liu2021-rot", "Hadamard-rotated residual stream, Liu et al.'s search, per-channel weights",
                f"{QUAROT}; Liu et al., NeurIPS 2021, Sec. 3",
-               SearchSpec(objective="pearson", ranking=True, bias_correction=True), rotation="hadamard",
+               LIU_SEARCH, rotation="hadamard",
                per_channel_weights=True),
     )
