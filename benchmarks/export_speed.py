@@ -135,7 +135,7 @@ def size_rows(name: str, loaded: tuple, base: dict, tmp: Path) -> list[dict]:
         save_packed(q, tmp / f"{name}-w{bits}")
         size = (tmp / f"{name}-w{bits}" / PACKED_FILE).stat().st_size
         exp = expected_packed_bytes(q)
-        params = sum(op.weight.numel() for op in quant_ops(q).values() if op.has_weight)
+        params = exp["params"]
         rows.append({**base, "kind": "size", "model": name, "method": "minmax", "bits": bits, "batch": None,
                      "quantized_params": params, "packed_mb": round(size / 1e6, 4),
                      "params_x_bits_mb": round(params * bits / 8 / 1e6, 4), "float_parts_mb": round(exp["float"] / 1e6, 4),

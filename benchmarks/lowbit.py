@@ -101,7 +101,8 @@ def markdown_table(path: str) -> str:
     return "\n".join(lines)
 
 
-def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, bits: int, seed: int, threads: int) -> dict:
+def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, origin: str, bits: int, seed: int,
+               threads: int) -> dict:
     """ONNX QDQ in ONNX Runtime against the simulation on the same images, and the packed file's size."""
     import tempfile
 
@@ -110,7 +111,6 @@ def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, bits
     from vitq.export.onnx_export import export_onnx
     from vitq.export.ort_runtime import OrtModel
     from vitq.export.packing import PACKED_FILE, expected_packed_bytes, save_packed
-    from vitq.nn.qops import quant_ops
 
     with tempfile.TemporaryDirectory() as d:
         path = export_onnx(qmodel, Path(d) / "model.onnx")
@@ -119,9 +119,9 @@ def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, bits
         save_packed(qmodel, Path(d) / "packed")
         packed = (Path(d) / "packed" / PACKED_FILE).stat().st_size
     exp = expected_packed_bytes(qmodel)
-    params = sum(op.weight.numel() for op in quant_ops(qmodel).values() if op.has_weight)
+    params = exp["params"]
     return {**base, "kind": "lowbit_export", "method": method, "bits": bits, "w_bits": bits, "a_bits": bits,
-            "batch": None, "seed": seed, "origin": "vitq", "ort_version": onnxruntime.__version__,
+            "batch": None, "seed": seed, "origin": origin, "ort_version": onnxruntime.__version__,
             "top1_ort": top1(ort_logits, test.labels), "top1_sim": top1(logits, test.labels),
             "agreement": agreement(ort_logits, logits), "max_abs_logit_diff": round((ort_logits - logits).abs().max().item(), 5),
             "onnx_file_mb": round(onnx_mb, 3), "packed_mb": round(packed / 1e6, 4), "quantized_params": params,
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                 from export_speed import merge
 
                 keep = {k: base[k] for k in ("model", "num_test", "test", "top1_float", "command", "torch")}
-                erow = export_row(out.model, logits, test, keep, method, bits, a.seeds[-1], a.threads)
+                erow = export_row(out.model, logits, test, keep, method, cfg.recipe().origin, bits, a.seeds[-1], a.threads)
                 merge(Path(a.export_out), [erow], {"cpu_count": os.cpu_count()})
                 print(json.dumps({k: erow[k] for k in ("method", "bits", "top1_ort", "top1_sim", "agreement",
                                                         "packed_mb", "expected_mb", "packed_vs_expected")}), flush=True)

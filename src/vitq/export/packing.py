@@ -189,12 +189,14 @@ def load_saved(path: str | Path, model: nn.Module | None = None) -> nn.Module:
 
 def expected_packed_bytes(qmodel: nn.Module) -> dict[str, int]:
     """The size a packed file should have: ``quantized`` = sum over weights of ``ceil(numel * bits / 8)``,
-    ``float`` = every other tensor of the state dict at its dtype's size (biases, norms, scales, ...)."""
-    quantized, seen = 0, set()
+    ``float`` = every other tensor of the state dict at its dtype's size (biases, norms, scales, ...);
+    ``params``: the number of quantized weights."""
+    quantized, params, seen = 0, 0, set()
     for name, op in quant_ops(qmodel).items():
         if op.has_weight:
             quantized += packed_nbytes(op.weight.numel(), op.quantizers()[1].bits)
+            params += op.weight.numel()
             seen.add(f"{name}.weight")
     rest, _ = _dedupe({k: v for k, v in qmodel.state_dict().items() if k not in seen})
     other = sum(t.numel() * t.element_size() for t in rest.values())
-    return {"quantized": quantized, "float": other, "total": quantized + other}
+    return {"quantized": quantized, "float": other, "total": quantized + other, "params": params}
