@@ -10,6 +10,7 @@ quantized option) those of every LayerNorm inside a calibration unit.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import torch
 import torch.nn as nn
@@ -113,7 +114,7 @@ def _install_defaults(model: nn.Module, recipe: Recipe, device) -> dict[str, int
     """The recipe's ``inputs`` kind on every activation operand (both operands of an attention product)
     and its ``weights`` kind on every Linear / Conv weight, where they are not the uniform quantizer."""
     q = recipe.quantizers
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for op in quant_ops(model).values():
         if not isinstance(op, (QuantLinear, QuantConv2d, QuantMatMul)):  # e.g. the fully quantized LayerNorm
             continue
@@ -121,14 +122,14 @@ def _install_defaults(model: nn.Module, recipe: Recipe, device) -> dict[str, int
             _set_input_quantizer(op, input_quantizer(q.inputs, op.quantizers()[0].bits), device)
             if isinstance(op, QuantMatMul):
                 op.b_quantizer = input_quantizer(q.inputs, op.b_quantizer.bits).to(device)
-            counts[f"inputs:{q.inputs}"] = counts.get(f"inputs:{q.inputs}", 0) + 1
+            counts[f"inputs:{q.inputs}"] += 1
         if recipe.float_conv_input and isinstance(op, QuantConv2d):  # PTQ4ViT: only the weight is quantized
             op.input_quantizer = FloatPassthrough().to(device)
-            counts["conv_input:float"] = counts.get("conv_input:float", 0) + 1
+            counts["conv_input:float"] += 1
         if q.weights != "uniform" and op.has_weight:
             old = op.weight_quantizer
             op.weight_quantizer = weight_quantizer(q.weights, old.bits, old.axis, old.scale.numel()).to(device)
-            counts[f"weights:{q.weights}"] = counts.get(f"weights:{q.weights}", 0) + 1
+            counts[f"weights:{q.weights}"] += 1
     return counts
 
 
@@ -142,7 +143,7 @@ def _install_groups(model: nn.Module, recipe: Recipe, device, run) -> dict[str, 
     """
     q = recipe.quantizers
     ops = quant_ops(model)
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
 
     def grouped(bits: int, axis: int, groups: int, out_axis: int) -> GroupedUniformQuantizer:
         return GroupedUniformQuantizer(bits, axis=axis, groups=groups, out_axis=out_axis).to(device)
@@ -151,7 +152,7 @@ def _install_groups(model: nn.Module, recipe: Recipe, device, run) -> dict[str, 
         for op in ops.values():
             if isinstance(op, QuantConv2d) and type(op.weight_quantizer) is UniformQuantizer:
                 op.weight_quantizer = grouped(op.weight_quantizer.bits, 0, op.out_channels, 1)
-                counts["weights:per_channel_searched"] = counts.get("weights:per_channel_searched", 0) + 1
+                counts["weights:per_channel_searched"] += 1
     if not (q.qkv_weight_blocks or q.attention_heads):
         return counts
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
@@ -181,7 +182,7 @@ def _install_groups(model: nn.Module, recipe: Recipe, device, run) -> dict[str, 
             if op.role == "attn_scores":  # Q and K^T
                 op.a_quantizer = grouped(op.a_quantizer.bits, 1, a_shape[1], 1)
             op.b_quantizer = grouped(op.b_quantizer.bits, 1, heads, 1)  # K^T, or V of attn·V
-            counts["inputs:per_head"] = counts.get("inputs:per_head", 0) + (2 if op.role == "attn_scores" else 1)
+            counts["inputs:per_head"] += 2 if op.role == "attn_scores" else 1
         if q.qkv_weight_blocks and op.role == "attn_scores":
             width = 3 * a_shape[1] * a_shape[-1]
             parent = name.rpartition(".")[0]
@@ -192,13 +193,13 @@ def _install_groups(model: nn.Module, recipe: Recipe, device, run) -> dict[str, 
                         log.info("%s: per-channel weights kept (finer than PTQ4ViT's q/k/v blocks)", li)
                         continue
                     lin.weight_quantizer = grouped(lin.weight_quantizer.bits, 0, 3, -1)
-                    counts["weights:qkv_blocks"] = counts.get("weights:qkv_blocks", 0) + 1
+                    counts["weights:qkv_blocks"] += 1
     return counts
 
 
 def _install_plan_kinds(model: nn.Module, config: QuantConfig, device) -> dict[str, int]:
     """Each plan entry's ``input_quantizer`` on the ops it matches (overriding the recipe's kind)."""
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for name, op in quant_ops(model).items():
         key, opts = config.plan_entry(name)
         kind = opts.input_quantizer
@@ -210,5 +211,5 @@ def _install_plan_kinds(model: nn.Module, config: QuantConfig, device) -> dict[s
         bits = op.quantizers()[0].bits
         make = post_softmax_quantizer if op.role == "attn_context" else post_gelu_quantizer
         _set_input_quantizer(op, make(kind, bits), device)
-        counts[f"plan:{kind}"] = counts.get(f"plan:{kind}", 0) + 1
+        counts[f"plan:{kind}"] += 1
     return counts
