@@ -92,6 +92,27 @@ def test_reconstruction_lowers_a_blocks_output_error_and_is_seeded():
     assert all(torch.equal(first[k], v) for k, v in _state(block2).items())
 
 
+def test_learned_weight_intervals_lower_the_error_further_and_the_codes_stay_exact():
+    base = Reconstruction(iters=100, batch_size=16)
+    block, ops, xq, xf, target = _calibrated_block()
+    plain = reconstruct_unit("blocks.0", block, ops, xq, xf, target, base, seed=3)
+    block2, ops2, xq2, xf2, target2 = _calibrated_block()
+    scales = {n: op.weight_quantizer.scale.clone() for n, op in ops2.items() if op.has_weight}
+    learned = reconstruct_unit("blocks.0", block2, ops2, xq2, xf2, target2,
+                               Reconstruction(iters=100, batch_size=16, lr_weight_scale=1e-2), seed=3)
+    assert learned.kept and learned.loss_after < plain.loss_after, (plain, learned)
+    moved = 0
+    for n, op in ops2.items():
+        if op.has_weight:
+            q = op.weight_quantizer
+            moved += int(not torch.equal(q.scale, scales[n]))
+            c = op.weight / q.broadcast_scale(op.weight)  # the committed intervals hold the weights' codes
+            assert torch.allclose(c, c.round(), atol=1e-4) and c.min() >= q.qmin - 1e-4 and c.max() <= q.qmax + 1e-4
+    assert moved == 4
+    with pytest.raises(ConfigError, match="lr_weight_scale"):
+        Reconstruction(lr_weight_scale=-1.0)
+
+
 def test_reconstruction_recipe_runs_end_to_end_and_keeps_float_when_disabled():
     model = make_tiny_vit(seed=1)
     torch.manual_seed(2)

@@ -50,7 +50,7 @@ class AdaRoundWeight(nn.Module):
     """An op's weight quantizer while its unit is reconstructed: codes ``floor(W/s) + h(V)`` on the grid of
     the wrapped :class:`UniformQuantizer` (whose ``scale`` stays fixed); see the module docstring."""
 
-    def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor):
+    def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor, learn_scale: bool = False):
         super().__init__()
         self.quantizer = quantizer
         with torch.no_grad():
@@ -59,6 +59,9 @@ class AdaRoundWeight(nn.Module):
             p = ((x - floor - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)
         self.register_buffer("floor", floor)
         self.v = nn.Parameter(torch.log(p / (1 - p)))
+        #: the log of a factor on each interval of the quantizer (learned with ``learn_scale``): the grid
+        #: ``codes * scale * exp(log_gain)`` moves with it, the codes' starting point stays
+        self.log_gain = nn.Parameter(torch.zeros_like(quantizer.scale)) if learn_scale else None
 
     @property
     def enabled(self) -> bool:
@@ -71,9 +74,15 @@ class AdaRoundWeight(nn.Module):
     def soft(self) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
+    def _scale(self, w: torch.Tensor) -> torch.Tensor:
+        q = self.quantizer
+        if self.log_gain is None:
+            return q.broadcast_scale(w)
+        return q.broadcast_scale(w, q.scale * torch.exp(self.log_gain))
+
     def _weight(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         q = self.quantizer
-        return torch.clamp(self.floor + up, q.qmin, q.qmax) * q.broadcast_scale(w)
+        return torch.clamp(self.floor + up, q.qmin, q.qmax) * self._scale(w)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self._weight(w, self.soft())
@@ -83,8 +92,15 @@ class AdaRoundWeight(nn.Module):
 
     @torch.no_grad()
     def hard_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """The weight on its grid with the learned rounding (up where ``h >= 1/2``)."""
+        """The weight on its grid with the learned rounding (up where ``h >= 1/2``) and interval."""
         return self._weight(w, (self.v >= 0).to(w.dtype))
+
+    @torch.no_grad()
+    def commit_scale(self) -> None:
+        """Write the learned intervals into the quantizer (after :meth:`hard_weight`): the frozen codes
+        are ``hard_weight / scale`` exactly."""
+        if self.log_gain is not None:
+            self.quantizer.scale.mul_(torch.exp(self.log_gain))
 
 
 @dataclass
@@ -211,11 +227,13 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
         for n, op in unit_ops.items():
             qw = op.quantizers()[1]
             if op.has_weight and type(qw) is UniformQuantizer and qw.enabled and getattr(op, "weight_quantizer", None) is qw:
-                rounding[n] = AdaRoundWeight(qw, op.weight)
+                rounding[n] = AdaRoundWeight(qw, op.weight, learn_scale=spec.lr_weight_scale > 0)
     if spec.iters == 0 or not (rounding or intervals):
         return ReconstructionResult(name, before, before, 0, time.perf_counter() - t0)
     flags = {p: p.requires_grad for p in unit.parameters()}
     groups = [{"params": [r.v for r in rounding.values()], "lr": spec.lr_rounding}] if rounding else []
+    if rounding and spec.lr_weight_scale > 0:
+        groups.append({"params": [r.log_gain for r in rounding.values()], "lr": spec.lr_weight_scale})
     groups += [{"params": [q.scale], "lr": spec.lr_scale * float(q.scale)} for q in intervals]
     gen = torch.Generator().manual_seed(seed)
     n, start_reg = x_q.shape[0], int(spec.warmup * spec.iters)
@@ -252,6 +270,7 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
                 op = unit_ops[n_op]
                 op.weight_quantizer = r.quantizer
                 op.weight.copy_(r.hard_weight(op.weight))
+                r.commit_scale()
         for p, f in flags.items():
             p.requires_grad_(f)
     after = _loss(unit, x_q, target, batch_size)

@@ -141,6 +141,8 @@ class Reconstruction:
         lr_rounding: Adam learning rate of the rounding variables.
         lr_scale: Adam learning rate of each activation interval, relative to the interval's value
             (0 keeps the searched intervals).
+        lr_weight_scale: Adam learning rate of the log of a factor on each weight interval (per output
+            channel where the weights are), learned with the rounding (0 keeps the searched intervals).
         round_weight: lambda, the weight of AdaRound's rounding regulariser.
         beta: the regulariser's temperature, annealed from the first value to the second.
         warmup: fraction of the steps without the regulariser.
@@ -156,6 +158,7 @@ class Reconstruction:
     batch_size: int = 16
     lr_rounding: float = 1e-2
     lr_scale: float = 1e-3
+    lr_weight_scale: float = 0.0
     round_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -170,8 +173,9 @@ class Reconstruction:
             raise ConfigError(f"reconstruction iters={self.iters!r} must be an integer >= 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"reconstruction batch_size={self.batch_size!r} must be a positive integer")
-        if self.lr_rounding <= 0 or self.lr_scale < 0 or self.round_weight < 0:
-            raise ConfigError("reconstruction lr_rounding must be > 0, lr_scale and round_weight >= 0")
+        if self.lr_rounding <= 0 or self.lr_scale < 0 or self.lr_weight_scale < 0 or self.round_weight < 0:
+            raise ConfigError("reconstruction lr_rounding must be > 0, lr_scale, lr_weight_scale and "
+                              "round_weight >= 0")
         if not 0 <= self.warmup < 1 or not 0 <= self.drop_prob <= 1:
             raise ConfigError(f"reconstruction warmup={self.warmup} must lie in [0, 1), "
                               f"drop_prob={self.drop_prob} in [0, 1]")
