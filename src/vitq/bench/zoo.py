@@ -165,8 +165,8 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry("clip", "hf", "CLIPVisionModel", {k: v for k, v in _hf().items() if k != "num_labels"},
              config="CLIPVisionConfig", fast=True, notes="pooled output (no classifier)"),
     ZooEntry("siglip", "hf", "SiglipVisionModel", {k: v for k, v in _hf().items() if k != "num_labels"},
-             config="SiglipVisionConfig", notes="pooled output through the MAP head, whose torch nn.MultiheadAttention "
-             "(in_proj, out_proj, its two products) vitq does not capture yet: named in the warning, left float"),
+             config="SiglipVisionConfig", notes="pooled output through the MAP head, a torch nn.MultiheadAttention "
+             "(packed in_proj, out_proj, its two products) swapped for vitq's QuantMultiheadAttention"),
     ZooEntry("vitmae", "hf", "ViTMAEModel", {**{k: v for k, v in _hf().items() if k != "num_labels"},
                                              "mask_ratio": 0.0},
              config="ViTMAEConfig", notes="encoder called with noise=arange (patch order kept, nothing masked)"),

@@ -38,6 +38,7 @@ from vitq.models.generic import (
     partition_units,
     spec_factory,
 )
+from vitq.nn import qmha  # noqa: F401 (registers nn.MultiheadAttention's swap)
 from vitq.nn.qops import OpQuantSpec, QuantMatMul, quant_ops
 from vitq.nn.registry import qmodule_for
 from vitq.recipes import Recipe
