@@ -36,6 +36,7 @@ from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, top1
 from vitq.eval.size import model_size_mb
 from vitq.models.loading import create_model, model_data_config
+from vitq.recipes import get_recipe
 
 EXPORT_RESULTS = Path(__file__).parent / "results" / "export.json"
 # what must match for seeds to join one row (besides the row key: model, method, bits, calibration and test sizes)
@@ -130,6 +131,29 @@ def export_row(qmodel, logits: torch.Tensor, test, base: dict, method: str, orig
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
+def write_export_row(qmodel, logits, test, base: dict, method: str, bits: int, seed: int, a) -> None:
+    from export_speed import merge
+
+    keep = {k: base[k] for k in ("model", "num_test", "test", "top1_float", "command", "torch")}
+    erow = export_row(qmodel, logits, test, keep, method, get_recipe(method).origin, bits, seed, a.threads)
+    merge(Path(a.export_out), [erow], {"cpu_count": os.cpu_count()})
+    print(json.dumps({k: erow[k] for k in ("method", "bits", "top1_ort", "top1_sim", "agreement",
+                                            "packed_mb", "expected_mb", "packed_vs_expected")}), flush=True)
+
+
+def export_saved(a, base: dict, test) -> int:
+    """``--export-from``: the export row of a model saved by ``--save-model`` (no calibration)."""
+    from vitq.export.serialization import load_quantized, read_meta
+
+    cfg = read_meta(Path(a.export_from))["config"]
+    if cfg["w_bits"] != cfg["a_bits"]:
+        raise SystemExit(f"{a.export_from}: W{cfg['w_bits']}A{cfg['a_bits']}: export rows are for WbAb models")
+    qmodel = load_quantized(a.export_from)
+    logits = predict(qmodel, test.images, progress=True, desc="saved model")
+    write_export_row(qmodel, logits, test, base, cfg["method"], cfg["w_bits"], cfg["seed"], a)
+    return 0
+
+
 def _value(text: str):
     try:
         return json.loads(text)
@@ -155,10 +179,15 @@ def main(argv=None) -> int:
     p.add_argument("--export", action="store_true",
                    help="export the last seed's model to ONNX QDQ and packed storage (a row in export.json)")
     p.add_argument("--export-out", default=str(EXPORT_RESULTS))
+    p.add_argument("--save-model", metavar="DIR", default=None,
+                   help="save the last seed's quantized model of each method and bit-width to DIR/<method>-w<bits> "
+                        "(vitq.save_quantized; for a later --export-from)")
+    p.add_argument("--export-from", metavar="DIR", default=None,
+                   help="no calibration: load a model saved with --save-model and write its export row")
     p.add_argument("--table", action="store_true", help="print --out's rows as a markdown table and exit")
     a = p.parse_args(argv)
-    if not a.table and not a.methods:
-        p.error("--methods is required (or --table)")
+    if not a.table and not a.methods and not a.export_from:
+        p.error("--methods is required (or --table, --export-from)")
     if a.table:
         print(markdown_table(a.out))
         return 0
@@ -180,6 +209,8 @@ def main(argv=None) -> int:
                             "top1": top1_float, "size_mb": sum(p.numel() for p in model.parameters()) * 4 / 1e6,
                             "calib_seconds": 0.0, "num_calib": 0}])
     print(f"float top-1 {100 * top1_float:.2f} on {n_test} images", flush=True)
+    if a.export_from:
+        return export_saved(a, base, test)
     olds = {}
     for bits in a.bits:
         for method in a.methods:
@@ -210,16 +241,12 @@ def main(argv=None) -> int:
             if olds[method, bits] is not None:
                 row = add_seeds(olds[method, bits], row)
             merge_rows(a.out, [summarise(row)])
+            if a.save_model:
+                vitq.save_quantized(out.model, Path(a.save_model) / f"{method}-w{bits}", overwrite=True)
             print(json.dumps({k: row[k] for k in ("method", "w_bits", "top1", "top1_std", "seeds", "calib_seconds")}),
                   flush=True)
             if a.export:
-                from export_speed import merge
-
-                keep = {k: base[k] for k in ("model", "num_test", "test", "top1_float", "command", "torch")}
-                erow = export_row(out.model, logits, test, keep, method, cfg.recipe().origin, bits, a.seeds[-1], a.threads)
-                merge(Path(a.export_out), [erow], {"cpu_count": os.cpu_count()})
-                print(json.dumps({k: erow[k] for k in ("method", "bits", "top1_ort", "top1_sim", "agreement",
-                                                        "packed_mb", "expected_mb", "packed_vs_expected")}), flush=True)
+                write_export_row(out.model, logits, test, base, method, bits, a.seeds[-1], a)
     return 0
 
 

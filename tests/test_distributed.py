@@ -93,8 +93,16 @@ def test_two_ranks_calibrate_the_model_one_process_does(two_ranks, one_process, 
     """Every interval (quantizer scale buffers), frozen weight and corrected bias equal bit for bit."""
     got, want = two_ranks["states"][method], one_process["states"][method]
     assert got.keys() == want.keys()
-    differ = [k for k in want if not torch.equal(got[k], want[k])]
-    assert not differ, f"{method}: {differ[:5]}"
+    if method.endswith("-recon"):
+        # reconstruction trains data-parallel: gradients summed over the ranks (float order differs), so
+        # its learned intervals agree to float precision and its rounding decisions (all of them here) match
+        diff = {k: float(((got[k] - want[k]).abs() / want[k].abs().clamp_min(1e-12)).max())
+                for k in want if torch.is_floating_point(want[k]) and not torch.equal(got[k], want[k])}
+        assert all(d < 1e-4 for d in diff.values()), f"{method}: {diff}"
+        assert all(torch.equal(got[k], want[k]) for k in want if k.endswith(".weight")), method
+    else:
+        differ = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not differ, f"{method}: {differ[:5]}"
     # the objective values themselves are float64 sums in another order: equal to ~1e-12, not bits
     for (name, s0, e0, _), (_, s1, e1, _) in zip(one_process["reports"][method], two_ranks["reports"][method]):
         if s0 is not None:

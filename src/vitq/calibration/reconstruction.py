@@ -17,7 +17,11 @@ transformer block, the patch embedding) against the float unit:
   quantized model's inputs with the float ones (QDrop's drop probability ``p``; ``p = 0`` is BRECQ).
 
 Adam over ``iters`` steps of ``batch_size`` calibration images, with a seeded generator for the batch
-and drop samples, so one seed gives one result. The unit's output error on all calibration images is
+and drop samples, so one seed gives one result. In a data-parallel run (``torchrun``) each rank keeps its
+shard of the images; every rank draws the same minibatch of global indices and drop samples, runs the
+rows of it that it holds, and the gradients are summed over the ranks before each step, as
+``DistributedDataParallel`` does (:func:`vitq.distributed.all_reduce_grads`): the same training as one
+process up to float summation order in the gradients. The unit's output error on all calibration images is
 measured before and after; if reconstruction made it worse, the searched state is put back (never
 worse than the search on the calibration set).
 """
@@ -34,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from vitq.calibration.capture import capture_unit_inputs, run_unit
-from vitq.distributed import shard_rows, sharded
+from vitq.distributed import all_reduce_grads, rank, shard_count, shard_range, shard_sum
 from vitq.errors import VitqError
 from vitq.nn.qops import QuantOp, quantization_disabled
 from vitq.quantizers.uniform import UniformQuantizer
@@ -168,19 +172,24 @@ def _tensor_out(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BRECQ's reconstruction loss: squared error summed over features, averaged over everything else."""
-    return (out - target).pow(2).flatten(1).sum(1).mean() if out.dim() <= 2 else \
-        (out - target).pow(2).sum(-1).mean()
+def _error(out: torch.Tensor, target: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """BRECQ's reconstruction loss: squared error summed over features, averaged over everything else;
+    with ``rows``, this part of a minibatch of ``rows`` samples (the others on other ranks): its sum over
+    the same average's denominator."""
+    per = (out - target).pow(2).flatten(1).sum(1) if out.dim() <= 2 else (out - target).pow(2).sum(-1)
+    if rows is None or rows == out.shape[0]:
+        return per.mean()
+    return per.sum() / (rows * (per.numel() // max(1, out.shape[0])))
 
 
 @torch.no_grad()
 def _loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+    """The mean output error over the calibration images (every rank's, in a data-parallel run)."""
     total = 0.0
     for i in range(0, x.shape[0], batch):
         out = _tensor_out(unit(x[i: i + batch]))
         total += float(_error(out, target[i: i + batch])) * out.shape[0]
-    return total / x.shape[0]
+    return shard_sum(total) / shard_count(x.shape[0])
 
 
 def _learned_intervals(unit_ops: dict[str, QuantOp]) -> list[UniformQuantizer]:
@@ -211,11 +220,8 @@ def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], i
         batch_size: forward batch size of the before/after measurements.
     """
     t0 = time.perf_counter()
-    # in a data-parallel run every rank gathers all the rows and trains alike (replicated: exact, no faster)
-    x_q, x_f = shard_rows(_stack(inputs, name)), shard_rows(_stack(float_inputs, name))
-    target = shard_rows(torch.cat(float_outputs))
-    with sharded(False):
-        return _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size, t0)
+    x_q, x_f = _stack(inputs, name), _stack(float_inputs, name)
+    return _reconstruct(name, unit, unit_ops, x_q, x_f, torch.cat(float_outputs), spec, seed, batch_size, t0)
 
 
 def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size, t0) -> ReconstructionResult:
@@ -236,7 +242,13 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
         groups.append({"params": [r.log_gain for r in rounding.values()], "lr": spec.lr_weight_scale})
     groups += [{"params": [q.scale], "lr": spec.lr_scale * float(q.scale)} for q in intervals]
     gen = torch.Generator().manual_seed(seed)
-    n, start_reg = x_q.shape[0], int(spec.warmup * spec.iters)
+    # the rows are this rank's block of the images (all of them in one process): minibatches are drawn
+    # over every rank's rows alike, each rank runs the ones it holds
+    n, start_reg = shard_count(x_q.shape[0]), int(spec.warmup * spec.iters)
+    mine = shard_range(n)
+    if len(mine) != x_q.shape[0]:
+        raise VitqError(f"reconstruction of {name}: {x_q.shape[0]} rows on this rank, expected {len(mine)} of {n}")
+    trainable = [p for g in groups for p in g["params"]]
     try:
         for p in unit.parameters():
             p.requires_grad_(False)
@@ -248,16 +260,25 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
         with torch.enable_grad():
             for it in range(spec.iters):
                 idx = torch.randint(n, (min(spec.batch_size, n),), generator=gen)
-                x = x_q[idx]
+                held = (idx >= mine.start) & (idx < mine.stop)
+                local = idx[held] - mine.start
+                x = x_q[local]
                 if spec.drop_prob > 0:
-                    x = torch.where(torch.rand(x.shape, generator=gen) < spec.drop_prob, x_f[idx], x)
-                loss = _error(_tensor_out(unit(x)), target[idx])
-                if rounding and it >= start_reg:
+                    drop = torch.rand((idx.numel(), *x_q.shape[1:]), generator=gen)[held] < spec.drop_prob
+                    x = torch.where(drop, x_f[local], x)
+                loss = _error(_tensor_out(unit(x)), target[local], idx.numel()) if local.numel() else None
+                if rounding and it >= start_reg and rank() == 0:  # once over the ranks
                     t = (it - start_reg) / max(1, spec.iters - start_reg)
                     beta = spec.beta[1] + (spec.beta[0] - spec.beta[1]) * (1 - t)
-                    loss = loss + spec.round_weight * sum(r.regularizer(beta) for r in rounding.values())
+                    reg = spec.round_weight * sum(r.regularizer(beta) for r in rounding.values())
+                    loss = reg if loss is None else loss + reg
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
+                for p in trainable:  # a rank without rows in this minibatch adds zeros
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                all_reduce_grads(trainable)
                 opt.step()
                 with torch.no_grad():
                     for q in intervals:

@@ -25,6 +25,9 @@ Numerics (Eq. 8): vitq codes are signed, ``[-2^(b-1), 2^(b-1)-1]``, zero point 0
 - Weights at 2..8 bits: int8 containers holding the exact b-bit codes.
 - A Linear whose input has a sign-split two-region quantizer (OPT-m, PTQ4ViT's post-GELU) becomes
   :class:`QDQTwoRegionLinear`: two integer MatMuls, one per sign, each with its own scale.
+- An attention product whose first operand (the attention map) has FQ-ViT's log2 quantizer becomes
+  :class:`QDQLog2MatMul`: the 4-bit log2 values ``2^-c`` are split by code into two uint8 operands on
+  power-of-two grids, two integer MatMuls, exact.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitq.errors import ExportError
-from vitq.nn.qops import QuantLinear, QuantOp, quant_ops
+from vitq.nn.qops import QuantLinear, QuantMatMul, QuantOp, quant_ops
 from vitq.quantizers.affine import AffineQuantizer
 from vitq.quantizers.base import FloatPassthrough
 from vitq.quantizers.grouped import GroupedUniformQuantizer
+from vitq.quantizers.log import Log2Quantizer
 from vitq.quantizers.two_region import TwoRegionQuantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize, qrange
 
@@ -222,12 +226,73 @@ class QDQTwoRegionLinear(nn.Module):
         return F.linear(self.pos(x), w, self.bias) + F.linear(self.neg(x), w)
 
 
+class _UnsignedQDQ(torch.autograd.Function):
+    """``x`` (already a multiple of ``scale`` in ``[0, 255 * scale]``) that traces to uint8, zero point 0,
+    ``QuantizeLinear -> DequantizeLinear``: exact."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale_value: float) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def symbolic(g, x, scale_value: float):
+        s = g.op("Constant", value_t=torch.tensor(scale_value, dtype=torch.float32))
+        zp = g.op("Constant", value_t=torch.tensor(0, dtype=torch.uint8))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
+
+
+class QDQLog2MatMul(nn.Module):
+    """Export twin of an attention product (attn·V) whose attention map has FQ-ViT's
+    :class:`~vitq.quantizers.log.Log2Quantizer`: ``A_hat = 2^-c`` for the code ``c`` in ``0..2^b-1`` (0 on
+    underflow).
+
+    Integer form: split the codes at ``h = 2^(b-1)``: ``A_hat = 2^-(h-1) * H + 2^-(2h-1) * L`` with the
+    uint8 operands ``H = 2^(h-1-c)`` where ``c < h`` and ``L = 2^(2h-1-c)`` where ``c >= h`` (both in
+    ``1..2^(h-1)``, 128 at 4 bits; zero elsewhere). ``A_hat V`` is then two integer MatMuls on the same
+    V codes, ``2^-(h-1) (H V) + 2^-(2h-1) (L V)``, which ONNX Runtime runs as ``QLinearMatMul`` /
+    ``MatMulInteger``; the graph computes ``c`` from the float attention map with ``Log`` and ``Round``, as
+    an integer softmax would hand it over (FQ-ViT's log-int-softmax). Eagerly it equals the simulation up
+    to float summation order (two partial products). ``H`` and ``L`` reach ``2^(h-1)``, which uint8 holds
+    for ``h <= 8``: 2..4-bit codes.
+    """
+
+    def __init__(self, op: QuantMatMul, activation_type: str, where: str):
+        super().__init__()
+        qa, qb = op.quantizers()
+        _check_calibrated_codes(qa, f"{where} (attention map)")
+        if qa.bits > 4:
+            raise ExportError(f"{where} (attention map): {qa.bits}-bit log2 codes need {2 ** (qa.bits - 1)}-bit "
+                              "integer operands in the exported product; ONNX's integer MatMuls take 8: use 2..4 bits")
+        if float(qa.scale) != 1.0:
+            raise ExportError(f"{where} (attention map): log2 quantizer with Delta={float(qa.scale)}; export needs 1")
+        self.role = op.role
+        self.bits, self.half = qa.bits, 2 ** (qa.bits - 1)
+        self.b_quantizer = QDQActivation(qb, activation_type, where=f"{where} (second input)")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.half
+        c = torch.round(-torch.log2(a.clamp(min=0)))  # log2(0) = -inf: c = +inf, underflow like every c >= 2^b
+        value = torch.where(c < 2 * h, torch.pow(2.0, -c.clamp(0, 2 * h - 1)), torch.zeros_like(a))
+        high = torch.where(c < h, value, torch.zeros_like(a))
+        low = value - high
+        v = self.b_quantizer(b)
+        return _UnsignedQDQ.apply(high, 2.0 ** -(h - 1)) @ v + _UnsignedQDQ.apply(low, 2.0 ** -(2 * h - 1)) @ v
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, log2 {self.bits}-bit attention map as two uint8 operands"
+
+
 def _swap_child(op: nn.Module, old: nn.Module, new: nn.Module) -> None:
     for name, child in op.named_children():
         if child is old:
             setattr(op, name, new)
             return
     raise ExportError(f"{type(op).__name__}: its quantizer is not a direct child module; cannot swap it for export")
+
+
+def _swap_op(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def qdq_twin(qmodel: nn.Module, activation_type: str = "u8") -> nn.Module:
@@ -243,9 +308,10 @@ def qdq_twin(qmodel: nn.Module, activation_type: str = "u8") -> nn.Module:
     for name, op in quant_ops(twin).items():
         qa, qb = op.quantizers()
         if isinstance(op, QuantLinear) and isinstance(qa, TwoRegionQuantizer):  # (a module swap, as above)
-            parent, _, attr = name.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, attr,
-                    QDQTwoRegionLinear(op, activation_type, where=name))
+            _swap_op(twin, name, QDQTwoRegionLinear(op, activation_type, where=name))
+            continue
+        if isinstance(op, QuantMatMul) and type(qa) is Log2Quantizer:
+            _swap_op(twin, name, QDQLog2MatMul(op, activation_type, where=name))
             continue
         _swap_child(op, qa, QDQActivation(qa, activation_type, where=f"{name} (input)"))
         if op.has_weight:
