@@ -95,3 +95,23 @@ def calibrated(model: nn.Module, config: vitq.QuantConfig, calib: torch.Tensor, 
 @torch.no_grad()
 def sim_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits_of(model(x)).float()
+
+
+def check_ort_integer_matmuls(qmodel: nn.Module, float_model: nn.Module, images: torch.Tensor, path,
+                              activation_type: str, extra_matmuls: int) -> None:
+    """Export ``qmodel``, check ONNX Runtime runs every Linear and attention product as an integer MatMul
+    (plus ``extra_matmuls`` for ops exported as two), and that it matches the simulation far closer than
+    the simulation matches the float model."""
+    from vitq.eval.metrics import sqnr_db
+    from vitq.export.onnx_export import export_onnx
+    from vitq.export.ort_runtime import OrtModel, optimized_op_counts
+    from vitq.nn.qops import quant_ops
+
+    path = export_onnx(qmodel, path, activation_type=activation_type)
+    counts = optimized_op_counts(path)
+    linears_and_attention = sum(op.role != "conv" for op in quant_ops(qmodel).values())
+    assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] == linears_and_attention + extra_matmuls
+    y_ort = OrtModel(path, threads=1)(images)
+    y_sim, y_float = sim_logits(qmodel, images), sim_logits(float_model, images)
+    assert sqnr_db(y_sim, y_ort) > sqnr_db(y_float, y_sim) + 15
+    assert (y_ort.argmax(-1) == y_sim.argmax(-1)).float().mean() >= 0.95

@@ -9,14 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_vit
-from helpers_export import calibrated, sim_logits
+from helpers_export import calibrated, check_ort_integer_matmuls, sim_logits
 
 import vitq
 from vitq.errors import ExportError
-from vitq.eval.metrics import sqnr_db
 from vitq.export.onnx_export import export_onnx
 from vitq.export.onnx_qdq import QDQLog2MatMul, _UnsignedQDQ, qdq_twin
-from vitq.export.ort_runtime import OrtModel, optimized_op_counts
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.log import Log2Quantizer
 
@@ -65,15 +63,8 @@ def test_twin_swaps_every_attention_product_and_matches_the_simulation(log2_mode
 @pytest.mark.parametrize("activation_type", ["u8", "s8"])
 def test_ort_runs_two_integer_matmuls_per_attention_map_and_matches(log2_model, test_images, tmp_path,
                                                                      activation_type):
-    path = export_onnx(log2_model, tmp_path / "log2.onnx", activation_type=activation_type)
-    counts = optimized_op_counts(path)
-    linears_and_attention = sum(op.role != "conv" for op in quant_ops(log2_model).values())  # 12 (head float)
-    assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] == linears_and_attention + 2
-    y_ort = OrtModel(path, threads=1)(test_images)
-    y_sim = sim_logits(log2_model, test_images)
-    y_float = sim_logits(make_tiny_vit(), test_images)
-    assert sqnr_db(y_sim, y_ort) > sqnr_db(y_float, y_sim) + 15
-    assert (y_ort.argmax(-1) == y_sim.argmax(-1)).float().mean() >= 0.95
+    # every Linear and attention product an integer MatMul, and two for each of the 2 ops exported as two
+    check_ort_integer_matmuls(log2_model, make_tiny_vit(), test_images, tmp_path / "log2.onnx", activation_type, 2)
 
 
 def test_log2_codes_wider_than_4_bits_are_refused(tmp_path):

@@ -9,14 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_vit
-from helpers_export import calibrated, sim_logits
+from helpers_export import calibrated, check_ort_integer_matmuls, sim_logits
 
 import vitq
 from vitq.errors import ExportError
-from vitq.eval.metrics import sqnr_db
 from vitq.export.onnx_export import export_onnx
 from vitq.export.onnx_qdq import QDQTwoRegionLinear, qdq_twin
-from vitq.export.ort_runtime import OrtModel, optimized_op_counts
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.two_region import TwoRegionQuantizer
 
@@ -56,16 +54,8 @@ def test_region_values_are_the_quantizers_values_bit_for_bit(optm_model):
 
 @pytest.mark.parametrize("activation_type", ["u8", "s8"])
 def test_ort_runs_two_integer_matmuls_per_fc2_and_matches(optm_model, test_images, tmp_path, activation_type):
-    path = export_onnx(optm_model, tmp_path / "optm.onnx", activation_type=activation_type)
-    counts = optimized_op_counts(path)
-    linears_and_attention = sum(op.role != "conv" for op in quant_ops(optm_model).values())  # 12 (head float)
-    assert counts["MatMulIntegerToFloat"] + counts["QLinearMatMul"] == linears_and_attention + 2
-    y_ort = OrtModel(path, threads=1)(test_images)
-    y_sim = sim_logits(optm_model, test_images)
-    y_float = sim_logits(make_tiny_vit(), test_images)
-    # ORT against the simulation: far closer than the simulation is to the float model
-    assert sqnr_db(y_sim, y_ort) > sqnr_db(y_float, y_sim) + 15
-    assert (y_ort.argmax(-1) == y_sim.argmax(-1)).float().mean() >= 0.95
+    # every Linear and attention product an integer MatMul, and two for each of the 2 ops exported as two
+    check_ort_integer_matmuls(optm_model, make_tiny_vit(), test_images, tmp_path / "optm.onnx", activation_type, 2)
 
 
 def test_post_softmax_twin_uniform_is_not_exportable(tmp_path, test_images):
