@@ -35,6 +35,7 @@ from vitq.bench.runner import BENCH_MODELS
 from vitq.data.sources import load_images
 from vitq.eval.metrics import agreement, predict, top1
 from vitq.eval.size import model_size_mb
+from vitq.export.serialization import load_quantized, read_meta, save_quantized
 from vitq.models.loading import create_model, model_data_config
 from vitq.recipes import get_recipe
 
@@ -143,8 +144,6 @@ def write_export_row(qmodel, logits, test, base: dict, method: str, bits: int, s
 
 def export_saved(a, base: dict, test) -> int:
     """``--export-from``: the export row of a model saved by ``--save-model`` (no calibration)."""
-    from vitq.export.serialization import load_quantized, read_meta
-
     cfg = read_meta(Path(a.export_from))["config"]
     if cfg["w_bits"] != cfg["a_bits"]:
         raise SystemExit(f"{a.export_from}: W{cfg['w_bits']}A{cfg['a_bits']}: export rows are for WbAb models")
@@ -181,7 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--export-out", default=str(EXPORT_RESULTS))
     p.add_argument("--save-model", metavar="DIR", default=None,
                    help="save the last seed's quantized model of each method and bit-width to DIR/<method>-w<bits> "
-                        "(vitq.save_quantized; for a later --export-from)")
+                        "(vitq.export.save_quantized; for a later --export-from)")
     p.add_argument("--export-from", metavar="DIR", default=None,
                    help="no calibration: load a model saved with --save-model and write its export row")
     p.add_argument("--table", action="store_true", help="print --out's rows as a markdown table and exit")
@@ -242,7 +241,7 @@ def main(argv=None) -> int:
                 row = add_seeds(olds[method, bits], row)
             merge_rows(a.out, [summarise(row)])
             if a.save_model:
-                vitq.save_quantized(out.model, Path(a.save_model) / f"{method}-w{bits}", overwrite=True)
+                save_quantized(out.model, Path(a.save_model) / f"{method}-w{bits}", overwrite=True)
             print(json.dumps({k: row[k] for k in ("method", "w_bits", "top1", "top1_std", "seeds", "calib_seconds")}),
                   flush=True)
             if a.export:
