@@ -17,6 +17,7 @@ Numerics (Eq. 8): vitq codes are signed, ``[-2^(b-1), 2^(b-1)-1]``, zero point 0
 - ``activation_type="u8"``: uint8, zero point 128: ``u = c + 128``, the same dequantized values
   (``(u - 128) * scale``) and the same rounding (ONNX rounds ``x / scale`` half to even before adding
   the zero point). Many CPUs run U8S8 integer matmuls faster.
+- Unsigned codes ``[0, 2^b-1]`` (the ``unsigned`` attention map): uint8, zero point 0, in either mode.
 - ``b < 8``: ``QuantizeLinear`` saturates only to the 8-bit type, so a ``Clip`` to
   ``[qmin * scale, qmax * scale]`` goes first. It is exact: ``round(clip(x) / scale)`` equals
   ``clamp(round(x / scale), qmin, qmax)``, because ``(q * scale) / scale`` is within a few ulp of the
@@ -56,18 +57,22 @@ class _QuantizeDequantize(torch.autograd.Function):
     """Fake quantization (Eq. 8-9) that traces to ``[Clip ->] QuantizeLinear -> DequantizeLinear``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, scale_value: float, bits: int, u8: bool) -> torch.Tensor:
-        return fake_quantize(x, scale, bits)
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, scale_value: float, bits: int, u8: bool,
+                signed: bool = True) -> torch.Tensor:
+        return fake_quantize(x, scale, bits, signed)
 
     @staticmethod
-    def symbolic(g, x, scale, scale_value: float, bits: int, u8: bool):
+    def symbolic(g, x, scale, scale_value: float, bits: int, u8: bool, signed: bool = True):
         # The scale goes in as a constant (python float of the float32 buffer: exact), so the Clip
         # bounds and the Q/DQ scale come from the same number.
         s = g.op("Constant", value_t=torch.tensor(scale_value, dtype=torch.float32))
-        zp_value = torch.tensor(128, dtype=torch.uint8) if u8 else torch.tensor(0, dtype=torch.int8)
+        if not signed:
+            zp_value = torch.tensor(0, dtype=torch.uint8)
+        else:
+            zp_value = torch.tensor(128, dtype=torch.uint8) if u8 else torch.tensor(0, dtype=torch.int8)
         zp = g.op("Constant", value_t=zp_value)
-        if bits < MAX_EXPORT_BITS:
-            qmin, qmax = qrange(bits)
+        if bits < MAX_EXPORT_BITS or not signed:  # unsigned: also the lower bound 0 (saturation would give it)
+            qmin, qmax = qrange(bits, signed)
             lo = g.op("Constant", value_t=torch.tensor(qmin * scale_value, dtype=torch.float32))
             hi = g.op("Constant", value_t=torch.tensor(qmax * scale_value, dtype=torch.float32))
             x = g.op("Clip", x, lo, hi)
@@ -128,8 +133,6 @@ def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
         raise ExportError(f"{where}: quantizer {type(q).__name__} cannot be exported; the ONNX exporter knows "
                           f"{UniformQuantizer.__name__}, and {TwoRegionQuantizer.__name__} on a Linear's input")
     _check_calibrated_codes(q, where)
-    if not q.signed:
-        raise ExportError(f"{where}: unsigned quantizers cannot be exported (vitq's signed codes of Eq. 8 are)")
     return q
 
 
@@ -137,7 +140,7 @@ class QDQActivation(nn.Module):
     """Stands in for an input (activation) quantizer: same values eagerly, Q/DQ in the ONNX graph.
 
     Args:
-        quantizer: the calibrated per-tensor signed quantizer it replaces.
+        quantizer: the calibrated per-tensor quantizer it replaces (signed, or unsigned: uint8 zero point 0).
         activation_type: ``"u8"`` (uint8, zero point 128) or ``"s8"`` (int8, zero point 0).
         where: the operand's name, for error messages.
     """
@@ -147,16 +150,17 @@ class QDQActivation(nn.Module):
         q = _check_quantizer(quantizer, where)
         if q.axis is not None or q.scale.dim() != 0:
             raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
-        self.bits = q.bits
+        self.bits, self.signed = q.bits, q.signed
         self.u8 = _is_u8(activation_type)
         self.register_buffer("scale", q.scale.detach().clone())
         self.scale_value = float(self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _QuantizeDequantize.apply(x, self.scale, self.scale_value, self.bits, self.u8)
+        return _QuantizeDequantize.apply(x, self.scale, self.scale_value, self.bits, self.u8, self.signed)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, type={'uint8 zp=128' if self.u8 else 'int8'}, scale={self.scale_value:.4g}"
+        kind = "uint8 zp=0" if not self.signed else "uint8 zp=128" if self.u8 else "int8"
+        return f"bits={self.bits}, type={kind}, scale={self.scale_value:.4g}"
 
 
 class QDQWeight(nn.Module):
@@ -170,6 +174,9 @@ class QDQWeight(nn.Module):
     def __init__(self, quantizer: UniformQuantizer, weight: torch.Tensor, where: str = "?"):
         super().__init__()
         q = _check_quantizer(quantizer, where)
+        if not q.signed:
+            raise ExportError(f"{where}: unsigned weight codes cannot be exported (int8 weight initializers hold "
+                              "vitq's signed codes of Eq. 8)")
         self.bits = q.bits
         self.axis = None if q.axis is None else q.axis % weight.dim()
         self.register_buffer("codes", q.codes(weight.detach()).to(torch.int8))

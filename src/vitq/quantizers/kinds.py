@@ -34,9 +34,10 @@ def weight_quantizer(kind: str, bits: int, axis: int | None, num_channels: int) 
 
 
 def post_softmax_quantizer(kind: str, bits: int) -> nn.Module:
-    """``uniform``, twin uniform (``optm``/``ptq4vit``), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT)."""
-    if kind == "uniform":
-        return UniformQuantizer(bits)
+    """``uniform``, ``unsigned`` (uniform on ``0..2^b-1``), twin uniform (``optm``/``ptq4vit``), ``log2``
+    (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT)."""
+    if kind in ("uniform", "unsigned"):
+        return UniformQuantizer(bits, signed=kind == "uniform")
     if kind == "log2":
         return Log2Quantizer(bits)
     if kind == "log_sqrt2":

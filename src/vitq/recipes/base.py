@@ -52,7 +52,7 @@ INPUTS = ("uniform", "affine")
 WEIGHTS = ("uniform", "affine")
 #: PTQ4ViT's per-group intervals, :class:`Quantizers` fields
 GROUP_OPTIONS = ("qkv_weight_blocks", "conv_weight_channels", "attention_heads")
-POST_SOFTMAX = ("uniform", "optm", "ptq4vit", "log2", "log_sqrt2")
+POST_SOFTMAX = ("uniform", "unsigned", "optm", "ptq4vit", "log2", "log_sqrt2")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 
 
@@ -193,8 +193,9 @@ class Quantizers:
             per-tensor interval).
         post_gelu: inputs of the Linears a GELU feeds directly: ``uniform``, ``optm`` (MPTQ-ViT's
             sign-split two-region quantizer, ratio searched) or ``ptq4vit`` (twin uniform, ratio fixed).
-        post_softmax: the attention map, first operand of attn·V: ``uniform``, ``optm``/``ptq4vit``
-            (twin uniform, magnitude split), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT).
+        post_softmax: the attention map, first operand of attn·V: ``uniform``, ``unsigned`` (Eq. 8 on the
+            codes ``0..2^b-1``: the map is non-negative, so signed codes leave half of them unused),
+            ``optm``/``ptq4vit`` (twin uniform, magnitude split), ``log2`` (FQ-ViT) or ``log_sqrt2`` (RepQ-ViT).
         layernorm_input: also quantize LayerNorm inputs with power-of-two factors (FQ-ViT).
         inputs: every other activation operand (Linear and Conv inputs no field above names, both
             operands of Q·K^T, V of attn·V): ``uniform`` (Eq. 8, symmetric) or ``affine`` (asymmetric,
