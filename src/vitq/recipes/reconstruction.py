@@ -12,8 +12,9 @@ weight rounding and activation intervals are learned against the float unit
 
 - ``liu2021-pc-recon``: the same without rotation.
 - ``liu2021-rot-recon-log2``, ``liu2021-pc-recon-log2``: the same with FQ-ViT's log2 quantizer on the attention
-  map (the first operand of attn·V). At 4 bits a uniform grid over [0, 1] sets every attention weight below
-  1/30 to zero, and most are (a few hundred tokens share each row): measured on fmnist-vit, liu2021-pc W4A4
+  map (the first operand of attn·V). At 4 bits the signed uniform grid (Eq. 8) puts the
+  non-negative map on 8 levels and every attention weight below max/14 to zero, and most are (tens to
+  hundreds of tokens share each row): measured on fmnist-vit, liu2021-pc W4A4
   gains 2.5 points from it, and disabling that one quantizer recovers 2.9 of the 4.2 points lost. Exported
   exactly as two 8-bit integer products (:mod:`vitq.export.onnx_qdq`).
 """
