@@ -14,7 +14,7 @@ from helpers_export import calibrated, check_ort_integer_matmuls, sim_logits
 import vitq
 from vitq.errors import ExportError
 from vitq.export.onnx_export import export_onnx
-from vitq.export.onnx_qdq import QDQLog2MatMul, _UnsignedQDQ, qdq_twin
+from vitq.export.onnx_qdq import QDQLog2MatMul, qdq_twin
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.log import Log2Quantizer
 
@@ -44,11 +44,11 @@ def test_the_split_operands_add_up_to_the_log2_values_bit_for_bit(log2_model):
     h = twin.half
     c = torch.round(-torch.log2(a))
     high = torch.where(c < h, torch.pow(2.0, -c.clamp(0, 2 * h - 1)), torch.zeros_like(a))
-    # each operand is an exact uint8 multiple of its scale, at most 2^(h-1) = 128
-    for part, scale in ((high, 2.0 ** -(h - 1)), (q(a) - high, 2.0 ** -(2 * h - 1))):
+    # each operand is an exact uint8 multiple of its scale, at most 2^(h-1) = 128, unchanged by its Q/DQ
+    for part, got, scale in zip((high, q(a) - high), twin.split(a), (2.0 ** -(h - 1), 2.0 ** -(2 * h - 1))):
         codes = part / scale
         assert torch.equal(codes, codes.round()) and codes.min() >= 0 and codes.max() <= 128
-        assert torch.equal(_UnsignedQDQ.apply(part, scale), part)
+        assert torch.equal(got, part)
     assert torch.equal(twin(a, eye), q(a))
 
 

@@ -71,7 +71,7 @@ class _QuantizeDequantize(torch.autograd.Function):
         else:
             zp_value = torch.tensor(128, dtype=torch.uint8) if u8 else torch.tensor(0, dtype=torch.int8)
         zp = g.op("Constant", value_t=zp_value)
-        if bits < MAX_EXPORT_BITS or not signed:  # unsigned: also the lower bound 0 (saturation would give it)
+        if bits < MAX_EXPORT_BITS:  # at 8 bits QuantizeLinear's saturation is the code range, signed or not
             qmin, qmax = qrange(bits, signed)
             lo = g.op("Constant", value_t=torch.tensor(qmin * scale_value, dtype=torch.float32))
             hi = g.op("Constant", value_t=torch.tensor(qmax * scale_value, dtype=torch.float32))
@@ -233,21 +233,6 @@ class QDQTwoRegionLinear(nn.Module):
         return F.linear(self.pos(x), w, self.bias) + F.linear(self.neg(x), w)
 
 
-class _UnsignedQDQ(torch.autograd.Function):
-    """``x`` (already a multiple of ``scale`` in ``[0, 255 * scale]``) that traces to uint8, zero point 0,
-    ``QuantizeLinear -> DequantizeLinear``: exact."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale_value: float) -> torch.Tensor:
-        return x
-
-    @staticmethod
-    def symbolic(g, x, scale_value: float):
-        s = g.op("Constant", value_t=torch.tensor(scale_value, dtype=torch.float32))
-        zp = g.op("Constant", value_t=torch.tensor(0, dtype=torch.uint8))
-        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
-
-
 class QDQLog2MatMul(nn.Module):
     """Export twin of an attention product (attn·V) whose attention map has FQ-ViT's
     :class:`~vitq.quantizers.log.Log2Quantizer`: ``A_hat = 2^-c`` for the code ``c`` in ``0..2^b-1`` (0 on
@@ -273,17 +258,27 @@ class QDQLog2MatMul(nn.Module):
         if float(qa.scale) != 1.0:
             raise ExportError(f"{where} (attention map): log2 quantizer with Delta={float(qa.scale)}; export needs 1")
         self.role = op.role
+        self.a_quantizer = qa
         self.bits, self.half = qa.bits, 2 ** (qa.bits - 1)
+        self.u8 = _is_u8(activation_type)
+        # the two operands' grids: uint8 codes, zero point 0, exact (every value a power-of-two multiple)
+        self.grids = (2.0 ** -(self.half - 1), 2.0 ** -(2 * self.half - 1))
+        self.register_buffer("grid_scales", torch.tensor(self.grids))
         self.b_quantizer = QDQActivation(qb, activation_type, where=f"{where} (second input)")
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        h = self.half
-        c = torch.round(-torch.log2(a.clamp(min=0)))  # log2(0) = -inf: c = +inf, underflow like every c >= 2^b
+    def split(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(H, L)`` of the class docstring, dequantized: ``H + L`` is the quantizer's ``A_hat``."""
+        h, q = self.half, self.a_quantizer
+        c = q.codes_unclamped(a, q.scale)  # log2(0) = -inf: c = +inf, underflow like every c >= 2^b
         value = torch.where(c < 2 * h, torch.pow(2.0, -c.clamp(0, 2 * h - 1)), torch.zeros_like(a))
         high = torch.where(c < h, value, torch.zeros_like(a))
-        low = value - high
+        return (_QuantizeDequantize.apply(high, self.grid_scales[0], self.grids[0], 8, self.u8, False),
+                _QuantizeDequantize.apply(value - high, self.grid_scales[1], self.grids[1], 8, self.u8, False))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        high, low = self.split(a)
         v = self.b_quantizer(b)
-        return _UnsignedQDQ.apply(high, 2.0 ** -(h - 1)) @ v + _UnsignedQDQ.apply(low, 2.0 ** -(2 * h - 1)) @ v
+        return high @ v + low @ v
 
     def extra_repr(self) -> str:
         return f"role={self.role}, log2 {self.bits}-bit attention map as two uint8 operands"
