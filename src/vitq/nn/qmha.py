@@ -30,13 +30,12 @@ padding-mask fast path) are refused with an error.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vitq.errors import VitqError
+from vitq.nn.capture import sdpa_decomposed
 from vitq.nn.qattention import QuantAttentionMixin
 from vitq.nn.qops import OpQuantSpec, QuantLinear
 from vitq.nn.registry import clone_as, register_qmodule
@@ -166,15 +165,16 @@ class QuantMultiheadAttention(QuantAttentionMixin, nn.MultiheadAttention):
         src_len = k.size(2)
         mask = self._mask(attn_mask, key_padding_mask, is_causal and key_padding_mask is None and not need_weights,
                           q.dtype, bsz, tgt_len, src_len)
-        attn = self.matmul_scores(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim))
-        if mask is not None:
-            attn = attn + mask
-        attn = attn.softmax(dim=-1, dtype=torch.float32 if attn.dtype in (torch.float16, torch.bfloat16) else None)
-        attn = attn.to(v.dtype)
-        if self.training and self.dropout > 0.0:
-            attn = F.dropout(attn, p=self.dropout, training=True)
-        out = self.matmul_context(attn, v).transpose(1, 2).flatten(2)  # (batch, tgt_len, embed_dim)
-        out = self.out_proj(out)
+        maps: list[torch.Tensor] = []  # the attention weights as attn·V sees them (after dropout), returned
+
+        def context(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            maps.append(attn)
+            return self.matmul_context(attn, v)
+
+        out = sdpa_decomposed(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
+                              scores=self.matmul_scores, context=context)
+        out = self.out_proj(out.transpose(1, 2).flatten(2))  # (batch, tgt_len, embed_dim)
+        attn = maps[0]
         if not batched:
             out = out.squeeze(0)
         elif not self.batch_first:
