@@ -42,7 +42,29 @@ def test_ort_matches_simulation(qdetr, tmp_path):
     assert (ort_out.logits - sim.logits).abs().max() < 2e-2 * sim.logits.abs().max()
     assert (ort_out.pred_boxes - sim.pred_boxes).abs().max() < 1e-2
     with pytest.raises(ExportError, match="pixel-mask"):
-        OrtDetector(path, threads=1)(torch.zeros(1, 2, 64, 64))
+        OrtDetector(path, threads=1)(torch.zeros(1, 3, 64, 64))
+
+
+def test_padded_batches_of_another_size_run_with_their_pixel_mask(qdetr, tmp_path):
+    """The mask is a graph input and height / width are symbolic: a batch padded to 80 x 72 (images of
+    64 x 48 and 80 x 72, the mask packed as the last channel, as vitq's detection batches carry it)
+    gives the simulation's outputs, and the padding matters (a mask of ones gives other outputs)."""
+    from vitq.models.hf_detr import pack_pixel_mask
+
+    path = export_detr_onnx(qdetr, tmp_path / "detr.onnx")
+    x = torch.randn(2, 1, 80, 72, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 80, 72)
+    x[0, :, 64:], x[0, :, :, 48:] = 0, 0
+    mask[0, 64:], mask[0, :, 48:] = 0, 0
+    packed = pack_pixel_mask(x, mask)
+    ort_out = OrtDetector(path, threads=1)(packed)
+    with torch.no_grad():
+        sim = qdetr.vitq_info.forward(qdetr, packed)
+        unmasked = qdetr(pixel_values=x)
+    assert (ort_out.logits - sim.logits).abs().max() < 2e-2 * sim.logits.abs().max()
+    assert (ort_out.pred_boxes - sim.pred_boxes).abs().max() < 1e-2
+    # without the mask the padded image gives other outputs, by more than the tolerance above
+    assert (unmasked.logits[0] - sim.logits[0]).abs().max() > 2e-2 * sim.logits.abs().max()
 
 
 def test_ort_map_within_half_a_point(qdetr, tmp_path):
