@@ -38,3 +38,13 @@ def test_affine_covers_an_asymmetric_range_with_2b_levels():
     # a symmetric quantizer at the same bits wastes the negative half: larger error
     err_sym = (fake_quantize(x, max_scale(x, 4), 4) - x).pow(2).mean()
     assert (q(x) - x).pow(2).mean() < err_sym
+
+
+def test_affine_max_range_contains_zero_so_the_zero_point_is_a_code():
+    """An all-positive tensor (a softmax map): the range starts at 0, the zero point is code 0, the levels
+    include 0; an all-negative one ends at 0 (zero point 2^b - 1)."""
+    for x, z in ((torch.rand(1000) * 0.5 + 0.2, 0), (-torch.rand(1000) - 0.3, 15)):
+        q = AffineQuantizer(4)
+        q.init_max(x)
+        assert float(q.zero_point) == z and 0.0 in q.levels().tolist()
+        assert abs(q.levels().abs().max().item() - x.abs().max().item()) < 1e-6

@@ -216,7 +216,9 @@ def test_lp_percentile_refuses_a_quantizer_without_the_rule(tiny_vit, calib_imag
 
 def test_export_refuses_asymmetric_quantizers(w4a4, tmp_path):
     q, _ = w4a4
-    with pytest.raises(ExportError, match="asymmetric quantizer") as e:
+    # the first quantized op (the patch embedding) has an asymmetric weight; the reparameterised
+    # post-LayerNorm zero points, which are not integers, are refused too (tests/export/test_onnx_asymmetric.py)
+    with pytest.raises(ExportError, match="asymmetric weight quantizer|not an integer code") as e:
         qdq_twin(q)
     assert isinstance(e.value, VitqError)
     with pytest.raises(ExportError, match="cannot be packed"):

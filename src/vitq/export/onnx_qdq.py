@@ -18,6 +18,10 @@ Numerics (Eq. 8): vitq codes are signed, ``[-2^(b-1), 2^(b-1)-1]``, zero point 0
   (``(u - 128) * scale``) and the same rounding (ONNX rounds ``x / scale`` half to even before adding
   the zero point). Many CPUs run U8S8 integer matmuls faster.
 - Unsigned codes ``[0, 2^b-1]`` (the ``unsigned`` attention map): uint8, zero point 0, in either mode.
+- Asymmetric per-tensor activations (:class:`~vitq.quantizers.affine.AffineQuantizer`, codes ``[0, 2^b-1]``
+  and an integer zero point ``z``): uint8, zero point ``z``, in either mode; below 8 bits the Clip is to
+  ``[-z * scale, (2^b - 1 - z) * scale]``. A zero point that is not an integer (RepQ-ViT's
+  reparameterised post-LayerNorm interval) has no ONNX form and is refused.
 - ``b < 8``: ``QuantizeLinear`` saturates only to the 8-bit type, so a ``Clip`` to
   ``[qmin * scale, qmax * scale]`` goes first. It is exact: ``round(clip(x) / scale)`` equals
   ``clamp(round(x / scale), qmin, qmax)``, because ``(q * scale) / scale`` is within a few ulp of the
@@ -58,23 +62,30 @@ class _QuantizeDequantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, scale_value: float, bits: int, u8: bool,
-                signed: bool = True) -> torch.Tensor:
-        return fake_quantize(x, scale, bits, signed)
+                signed: bool = True, zero_point: int | None = None) -> torch.Tensor:
+        if zero_point is None:
+            return fake_quantize(x, scale, bits, signed)
+        # AffineQuantizer.fake_quant_with, the same operations in the same order
+        return torch.div(x, scale).round_().add_(zero_point).clamp_(0, 2**bits - 1).sub_(zero_point).mul_(scale)
 
     @staticmethod
-    def symbolic(g, x, scale, scale_value: float, bits: int, u8: bool, signed: bool = True):
+    def symbolic(g, x, scale, scale_value: float, bits: int, u8: bool, signed: bool = True,
+                 zero_point: int | None = None):
         # The scale goes in as a constant (python float of the float32 buffer: exact), so the Clip
         # bounds and the Q/DQ scale come from the same number.
         s = g.op("Constant", value_t=torch.tensor(scale_value, dtype=torch.float32))
-        if not signed:
-            zp_value = torch.tensor(0, dtype=torch.uint8)
+        if zero_point is not None:  # asymmetric: uint8 codes 0..2^b-1 around the integer zero point
+            zp_value, offset = torch.tensor(zero_point, dtype=torch.uint8), zero_point
+        elif not signed:
+            zp_value, offset = torch.tensor(0, dtype=torch.uint8), 0
         else:
             zp_value = torch.tensor(128, dtype=torch.uint8) if u8 else torch.tensor(0, dtype=torch.int8)
+            offset = 0
         zp = g.op("Constant", value_t=zp_value)
         if bits < MAX_EXPORT_BITS:  # at 8 bits QuantizeLinear's saturation is the code range, signed or not
-            qmin, qmax = qrange(bits, signed)
-            lo = g.op("Constant", value_t=torch.tensor(qmin * scale_value, dtype=torch.float32))
-            hi = g.op("Constant", value_t=torch.tensor(qmax * scale_value, dtype=torch.float32))
+            qmin, qmax = qrange(bits, signed and zero_point is None)
+            lo = g.op("Constant", value_t=torch.tensor((qmin - offset) * scale_value, dtype=torch.float32))
+            hi = g.op("Constant", value_t=torch.tensor((qmax - offset) * scale_value, dtype=torch.float32))
             x = g.op("Clip", x, lo, hi)
         q = g.op("QuantizeLinear", x, s, zp)
         return g.op("DequantizeLinear", q, s, zp)
@@ -115,12 +126,12 @@ def _is_u8(activation_type: str) -> bool:
 
 
 def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
-    if isinstance(q, AffineQuantizer):
+    if isinstance(q, AffineQuantizer):  # activations take QDQActivation's asymmetric path, never this one
         gran = "per-channel " if q.axis is not None else ""
-        raise ExportError(f"{where}: {gran}asymmetric quantizer (AffineQuantizer, a zero point per "
-                          f"{'channel' if q.axis is not None else 'tensor'}) cannot be exported: the ONNX QDQ exporter "
-                          "writes vitq's symmetric codes of Eq. 8 (zero point 0 or 128 for u8) only, and RepQ-ViT's "
-                          "reparameterised zero point is not an integer; export a recipe with symmetric quantizers")
+        raise ExportError(f"{where}: {gran}asymmetric weight quantizer (AffineQuantizer, a zero point per "
+                          f"{'channel' if q.axis is not None else 'tensor'}) cannot be exported: the int8 weight "
+                          "initializers hold vitq's symmetric codes of Eq. 8 (zero point 0); export a recipe with "
+                          "symmetric weights (asymmetric activations with integer zero points export)")
     if isinstance(q, GroupedUniformQuantizer):
         raise ExportError(f"{where}: PTQ4ViT's per-group intervals (GroupedUniformQuantizer, {q.groups} intervals "
                           f"along axis {q.axis}: q/k/v weight blocks, per-head Q/K/V or per-channel searched weights) "
@@ -136,30 +147,50 @@ def _check_quantizer(q: nn.Module, where: str) -> UniformQuantizer:
     return q
 
 
+def _integer_zero_point(q: AffineQuantizer, where: str) -> int:
+    """The zero point of an asymmetric per-tensor activation quantizer, which must be an integer code."""
+    if q.axis is not None or q.zero_point.dim() != 0:
+        raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
+    _check_calibrated_codes(q, where)
+    z = float(q.zero_point)
+    if z != round(z) or not 0 <= z <= q.qmax:
+        raise ExportError(f"{where}: asymmetric quantizer with zero point {z:g}, not an integer code in 0..{q.qmax} "
+                          "(RepQ-ViT's reparameterised post-LayerNorm interval): ONNX's QuantizeLinear takes an "
+                          "integer zero point; export a recipe without the reparameterisation")
+    return int(round(z))
+
+
 class QDQActivation(nn.Module):
     """Stands in for an input (activation) quantizer: same values eagerly, Q/DQ in the ONNX graph.
 
     Args:
-        quantizer: the calibrated per-tensor quantizer it replaces (signed, or unsigned: uint8 zero point 0).
-        activation_type: ``"u8"`` (uint8, zero point 128) or ``"s8"`` (int8, zero point 0).
+        quantizer: the calibrated per-tensor quantizer it replaces: uniform signed, or unsigned (uint8 zero
+            point 0), or asymmetric with an integer zero point (uint8, that zero point).
+        activation_type: ``"u8"`` (uint8, zero point 128) or ``"s8"`` (int8, zero point 0) for signed codes.
         where: the operand's name, for error messages.
     """
 
-    def __init__(self, quantizer: UniformQuantizer, activation_type: str = "u8", where: str = "?"):
+    def __init__(self, quantizer: UniformQuantizer | AffineQuantizer, activation_type: str = "u8", where: str = "?"):
         super().__init__()
-        q = _check_quantizer(quantizer, where)
-        if q.axis is not None or q.scale.dim() != 0:
-            raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
-        self.bits, self.signed = q.bits, q.signed
+        if isinstance(quantizer, AffineQuantizer):
+            q, self.zero_point, self.signed = quantizer, _integer_zero_point(quantizer, where), False
+        else:
+            q, self.zero_point = _check_quantizer(quantizer, where), None
+            if q.axis is not None or q.scale.dim() != 0:
+                raise ExportError(f"{where}: per-channel activation intervals cannot be exported; use per-tensor")
+            self.signed = q.signed
+        self.bits = q.bits
         self.u8 = _is_u8(activation_type)
         self.register_buffer("scale", q.scale.detach().clone())
         self.scale_value = float(self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _QuantizeDequantize.apply(x, self.scale, self.scale_value, self.bits, self.u8, self.signed)
+        return _QuantizeDequantize.apply(x, self.scale, self.scale_value, self.bits, self.u8, self.signed,
+                                         self.zero_point)
 
     def extra_repr(self) -> str:
-        kind = "uint8 zp=0" if not self.signed else "uint8 zp=128" if self.u8 else "int8"
+        kind = f"uint8 zp={self.zero_point}" if self.zero_point is not None else \
+            "uint8 zp=0" if not self.signed else "uint8 zp=128" if self.u8 else "int8"
         return f"bits={self.bits}, type={kind}, scale={self.scale_value:.4g}"
 
 

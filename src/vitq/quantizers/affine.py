@@ -81,12 +81,16 @@ class AffineQuantizer(SearchableQuantizer):
 
     @torch.no_grad()
     def init_max(self, x: torch.Tensor) -> None:
+        """The range [min(x), max(x)], widened to contain 0 (as PyTorch's and ONNX Runtime's min/max
+        observers do): the zero point is then a code in ``0..2^b-1``, 0 is exactly representable, and
+        the quantizer exports as ONNX Q/DQ with that zero point (an all-positive attention map would
+        otherwise get a negative one). RepQ-ViT's own rule is :meth:`init_lp`, unchanged."""
         if self.axis is None:
             lo, hi = shard_min(x.detach().min()).float(), shard_max(x.detach().max()).float()
         else:  # a weight: the same on every rank
             c = self._channels(x)
             lo, hi = c.amin(dim=1), c.amax(dim=1)
-        self._set_range(lo, hi)
+        self._set_range(lo.clamp(max=0), hi.clamp(min=0))
 
     @torch.no_grad()
     def init_lp(self, x: torch.Tensor) -> None:

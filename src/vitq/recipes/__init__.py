@@ -26,6 +26,11 @@ from vitq.recipes import (  # noqa: F401  (registration)
     repq_vit,
     rotation,
 )
+
+# isort: split
+from vitq.recipes import asymmetric  # noqa: F401  (registered last: it builds on liu2021 and stays after the baselines)
+
+# isort: split
 from vitq.recipes.base import (
     RECIPES,
     WEIGHT_ROUNDINGS,
