@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -115,3 +118,17 @@ def check_ort_integer_matmuls(qmodel: nn.Module, float_model: nn.Module, images:
     y_sim, y_float = sim_logits(qmodel, images), sim_logits(float_model, images)
     assert sqnr_db(y_sim, y_ort) > sqnr_db(y_float, y_sim) + 15
     assert (y_ort.argmax(-1) == y_sim.argmax(-1)).float().mean() >= 0.95
+
+
+@contextmanager
+def registered_pc_recipe(name: str, quantizers) -> Iterator[str]:
+    """``liu2021-pc`` with other ``quantizers``, registered as ``name`` for the duration (yields the name)."""
+    from vitq.recipes import Recipe, get_recipe
+    from vitq.recipes.base import RECIPES
+
+    base = get_recipe("liu2021-pc")
+    RECIPES[name] = Recipe(name, base.summary, base.reference, base.search, quantizers, per_channel_weights=True)
+    try:
+        yield name
+    finally:
+        del RECIPES[name]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_vit
-from helpers_export import calibrated, check_ort_integer_matmuls, sim_logits
+from helpers_export import calibrated, check_ort_integer_matmuls, registered_pc_recipe, sim_logits
 
 import vitq
 from vitq.errors import ExportError
@@ -15,8 +15,7 @@ from vitq.export.onnx_export import export_onnx
 from vitq.export.onnx_qdq import QDQActivation, qdq_twin
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.affine import AffineQuantizer
-from vitq.recipes import Quantizers, Recipe, get_recipe
-from vitq.recipes.base import RECIPES
+from vitq.recipes import Quantizers
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -26,12 +25,8 @@ SMALL = dict(num_candidates=20, max_iters=2)
 
 @pytest.fixture(scope="module")
 def asym_recipe():
-    base = get_recipe("liu2021-pc")
-    r = Recipe("test-asym-inputs", base.summary, base.reference, base.search, Quantizers(inputs="affine"),
-               per_channel_weights=True)
-    RECIPES[r.name] = r
-    yield r.name
-    del RECIPES[r.name]
+    with registered_pc_recipe("test-asym-inputs", Quantizers(inputs="affine")) as name:
+        yield name
 
 
 def _asym(model) -> list[tuple[str, AffineQuantizer]]:

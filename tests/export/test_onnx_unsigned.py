@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_vit
-from helpers_export import calibrated, check_ort_integer_matmuls
+from helpers_export import calibrated, check_ort_integer_matmuls, registered_pc_recipe
 
 import vitq
 from vitq.nn.qops import quant_ops
 from vitq.quantizers.uniform import UniformQuantizer
-from vitq.recipes import Quantizers, Recipe, get_recipe
-from vitq.recipes.base import RECIPES
+from vitq.recipes import Quantizers
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -22,12 +21,8 @@ SMALL = dict(num_candidates=20, max_iters=2)
 
 @pytest.fixture(scope="module")
 def unsigned_recipe():
-    base = get_recipe("liu2021-pc")
-    r = Recipe("test-unsigned-map", base.summary, base.reference, base.search, Quantizers(post_softmax="unsigned"),
-               per_channel_weights=True)
-    RECIPES[r.name] = r
-    yield r.name
-    del RECIPES[r.name]
+    with registered_pc_recipe("test-unsigned-map", Quantizers(post_softmax="unsigned")) as name:
+        yield name
 
 
 def _attention_maps(model):
