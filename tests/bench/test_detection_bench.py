@@ -75,3 +75,18 @@ def test_bench_report_plots_detection_rows(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"rows": rows}))
     md = write_bench_report(tmp_path / "d.json").read_text()
     assert "COCO mAP against bit-width" in md and (tmp_path / "d-map-vs-bits.png").is_file()
+
+
+def test_recipe_that_does_not_apply_is_na_with_its_reason(tmp_path):
+    """A recipe whose structure DETR lacks (MPTQ's OPT-m: no GELU) is 'n/a' in the table, its reason listed;
+    any other failure stays 'error'."""
+    base = {"model": "d", "task": "detection", "command": "c", "mixed_precision": False, "num_test": 4,
+            "num_objects": 5, "w_bits": 8, "a_bits": 8, "map50": None}
+    no_gelu = "UnsupportedModelError: recipe 'mptq': post-GELU quantizer 'optm' needs a GELU module"
+    rows = [{**base, "method": "float", "w_bits": 32, "a_bits": 32, "scope": "none", "map": 0.5, "map50": 0.8},
+            {**base, "method": "mptq", "scope": "encoder+decoder", "map": None, "error": no_gelu},
+            {**base, "method": "liu2021", "scope": "encoder+decoder", "map": None, "error": "CalibrationError: nan"}]
+    (tmp_path / "d.json").write_text(json.dumps({"rows": rows}))
+    md = bench.write_detection_table(tmp_path / "d.json", "d").read_text()
+    assert "| mptq | n/a |" in md and "| liu2021 | error |" in md
+    assert "## Not applicable (n/a) and errors" in md and "needs a GELU module" in md

@@ -175,3 +175,14 @@ def test_hf_folder_loads_as_a_detector(tmp_path):
     assert isinstance(loaded, DetrForObjectDetection) and get_adapter(loaded).name == "hf-detr"
     x = images(channels=3, n=2)
     assert (outputs(loaded, x) - outputs(model, x)).abs().max() == 0
+
+
+def test_mptq_parts_do_not_fit_detr_and_say_why():
+    """OPT-m needs post-GELU inputs (DETR's FFN uses ReLU): refused at quantize. SQ-b needs LayerNorms that feed
+    only Linears (DETR's post-norm LayerNorms feed the residual too): refused at calibration, float unchanged."""
+    model = tiny_detr()
+    with pytest.raises(UnsupportedModelError, match="'mptq'.*GELU.*DetrForObjectDetection"):
+        vitq.quantize(model, vitq.QuantConfig(method="mptq", w_bits=8, a_bits=8))
+    q = vitq.quantize(model, vitq.QuantConfig(method="mptq-sqb", w_bits=8, a_bits=8))
+    with pytest.raises(UnsupportedModelError, match="sqb folding.*DetrEncoderLayer.*post-norm"):
+        vitq.calibrate(q, torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0)), progress=False)

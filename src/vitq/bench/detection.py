@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 DETECTION_MODELS = {"detr-synth": ("vitq:detr-synth", "detr-synth:val", "detr-synth:test")}
 #: the paper's Table 2 rows: MinMax (our "no search" baseline), Percentile, EasyQuant, the Liu ablation and
-#: the full method, MPTQ-ViT's parts
+#: the full method, and MPTQ-ViT. Neither of MPTQ's parts fits DETR: OPT-m quantizes post-GELU inputs (DETR's
+#: feed-forward layers use ReLU) and SQ-b folds into a LayerNorm that feeds only Linears (DETR's post-norm
+#: LayerNorms feed the residual too); each fails with an UnsupportedModelError naming why, ``n/a`` in the table.
 TABLE2_METHODS = ("minmax", "percentile", "easyquant", "liu2021-sim", "liu2021-sim+rank", "liu2021", "mptq")
 
 
@@ -162,7 +164,7 @@ def _cell(rows: list[dict], label: str, bits: int, scope: str) -> str:
     if r is None:
         return ""
     if r.get("map") is None:
-        return "error"
+        return "n/a" if str(r.get("error", "")).startswith("UnsupportedModelError") else "error"
     return f"{100 * r['map']:.1f} ({100 * r['map50']:.1f})"
 
 
@@ -191,7 +193,7 @@ def write_detection_table(results: Path, model_name: str) -> Path:
                   f"{100 * r['map50']:.1f} | {100 * r['map50_ort']:.1f} |" for r in ort] + [""]
     errors = [r for r in rows if r.get("error")]
     if errors:
-        lines += ["## Errors", ""] + [f"- {_label(r)} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
+        lines += ["## Not applicable (n/a) and errors", ""] + [f"- {_label(r)} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
     md = results.with_suffix(".md")
     atomic_write_text(md, "\n".join(lines))
     return md

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitq.errors import VitqError
+from vitq.errors import UnsupportedModelError, VitqError
 from vitq.quantizers.uniform import fake_quantize, max_scale
 from vitq.transforms.tracing import trace_consumers
 
@@ -274,7 +274,7 @@ def smooth_unit(unit: nn.Module, inputs, mode: str, *, alpha: float | None = Non
         tol: largest allowed change of the unit's float output, relative to its max magnitude.
 
     Raises:
-        VitqError: the unit's output changed, i.e. some LayerNorm output also feeds a non-Linear path.
+        UnsupportedModelError: the unit's output changed, i.e. some LayerNorm output also feeds a non-Linear path.
     """
     if mode not in ("sqb", "smoothquant", "repq"):
         raise VitqError(f"smoothing mode {mode!r}: choose 'sqb', 'smoothquant' or 'repq'")
@@ -331,9 +331,11 @@ def smooth_unit(unit: nn.Module, inputs, mode: str, *, alpha: float | None = Non
     if worst > tol:
         for p, s in zip(params, saved):
             p.copy_(s)
-        raise VitqError(
-            f"{mode} folding changed the float output of {type(unit).__name__} by {worst:.2e} (relative); "
-            f"a LayerNorm among {sorted(groups)} feeds more than the Linear layers {sorted(groups.values())}"
+        raise UnsupportedModelError(
+            f"{mode} folding changed the float output of {type(unit).__name__} by {worst:.2e} (relative): a "
+            f"LayerNorm among {sorted(groups)} feeds more than the Linear layers {sorted(groups.values())} (e.g. "
+            "the residual of a post-norm block, as in DETR), so smoothing cannot be folded into it; the unit "
+            "is left as it was"
         )
     log.debug("%s folded %d groups (max relative change %.1e)", mode, len(records), worst)
     return records
