@@ -48,4 +48,6 @@ if [[ $which == detr || $which == all ]]; then
   # Liu et al. Table 2 analog (issue 18): DETR on the synthetic Fashion-MNIST detection set, COCO mAP via
   # pycocotools on the 1,000 detr-synth:test canvases, 32 calibration canvases from detr-synth:val.
   vitq "${T[@]}" bench --model detr-synth --bits 8 6 4 --num-calib 32
+  # The low-bit recipes that apply to DETR (block reconstruction does not: its units take keyword inputs).
+  vitq "${T[@]}" bench --model detr-synth --methods liu2021-pc liu2021-pc-asym --bits 8 6 4 --num-calib 32
 fi

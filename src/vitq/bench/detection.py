@@ -160,7 +160,9 @@ def _label(r: dict) -> str:
 
 
 def _cell(rows: list[dict], label: str, bits: int, scope: str) -> str:
-    r = next((r for r in rows if _label(r) == label and r["w_bits"] == bits and r.get("scope") == scope), None)
+    same = [r for r in rows if _label(r) == label and r["w_bits"] == bits]
+    # a run that failed before calibration has one row (no scope to split), shown in both tables
+    r = next((r for r in same if r.get("scope") == scope), None) or next((r for r in same if r.get("error")), None)
     if r is None:
         return ""
     if r.get("map") is None:
