@@ -34,8 +34,11 @@ def test_no_command_prints_help_and_runs_nothing(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("usage: vitq")
 
 
-def test_vitq_error_exits_2(capsys):
-    assert main(["quantize", "--model-arg", "oops"]) == 2
+def test_vitq_error_exits_2(capsys, tmp_path, monkeypatch):
+    (tmp_path / "runs" / "fmnist-vit-liu2021-w8a8").mkdir(parents=True)  # the default output, already there
+    (tmp_path / "runs" / "fmnist-vit-liu2021-w8a8" / "vitq.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["quantize", "--model-arg", "oops"]) == 2  # the malformed argument is named first
     assert capsys.readouterr().err == "vitq: error: --model-arg 'oops': expected KEY=VALUE\n"
 
 

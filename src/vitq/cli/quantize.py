@@ -30,6 +30,7 @@ from vitq.cli.common import (
     default_calib,
     eval_data_for,
     float_model_from_args,
+    model_kwargs,
 )
 from vitq.cli.mp_search import add_mp_quantize_args, apply_mp_args
 from vitq.cli.report import add_report_flag, report_after_quantize
@@ -77,6 +78,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     check_data_sources(args, "--calib", "--eval-data")  # before anything heavy is imported
+    model_kwargs(args.model_arg)  # a malformed --model-arg is named before the output path is looked at
     import torch
 
     import vitq
