@@ -67,16 +67,21 @@ def normalize(u8: np.ndarray) -> torch.Tensor:
     return (x - SYNTH_MEAN[0]) / SYNTH_STD[0]
 
 
+def draw_batch(rng, pool, spec, n):
+    """``n`` canvases: uint8 images ``(n, canvas, canvas)`` and per canvas its objects ``([x, y, w, h], label)``."""
+    drawn = [draw_canvas(rng, pool[0], pool[1], spec) for _ in range(n)]
+    return np.stack([img for img, _ in drawn]), [objs for _, objs in drawn]
+
+
 def train_batch(rng, pool, spec, n):
-    imgs, targets = [], []
+    """``n`` normalised canvases and their DETR targets (labels; boxes as centre x, y, w, h in canvas units)."""
+    imgs, objs_per_image = draw_batch(rng, pool, spec, n)
     c = spec.canvas
-    for _ in range(n):
-        img, objs = draw_canvas(rng, pool[0], pool[1], spec)
-        imgs.append(img)
-        boxes = torch.tensor([[(x + w / 2) / c, (y + h / 2) / c, w / c, h / c] for (x, y, w, h), _ in objs],
-                             dtype=torch.float32).reshape(-1, 4)
-        targets.append({"class_labels": torch.tensor([lbl for _, lbl in objs], dtype=torch.long), "boxes": boxes})
-    return normalize(np.stack(imgs)), targets
+    targets = [{"class_labels": torch.tensor([lbl for _, lbl in objs], dtype=torch.long),
+                "boxes": torch.tensor([[(x + w / 2) / c, (y + h / 2) / c, w / c, h / c] for (x, y, w, h), _ in objs],
+                                      dtype=torch.float32).reshape(-1, 4)}
+               for objs in objs_per_image]
+    return normalize(imgs), targets
 
 
 def load_split(folder: Path):
@@ -119,20 +124,16 @@ def pretrain_backbone(backbone, rng, pool, spec, *, minutes: float, batch: int, 
     backbone.train()
     t0, step, avg = time.time(), 0, {}
     budget = minutes * 60
+    weight = torch.ones(num_labels + 1)
+    weight[num_labels] = 0.25  # background holds most cells
     while (progress := (time.time() - t0) / budget) < 1.0:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * max(0.5 * (1 + math.cos(math.pi * progress)), 0.01)
-        imgs, objs = [], []
-        for _ in range(batch):
-            img, o = draw_canvas(rng, pool[0], pool[1], spec)
-            imgs.append(img)
-            objs.append(o)
-        out = head(backbone(normalize(np.stack(imgs)))[0])
+        imgs, objs = draw_batch(rng, pool, spec, batch)
+        out = head(backbone(normalize(imgs))[0])
         grid = out.shape[-1]
         cls, ltrb = dense_targets(objs, spec.canvas, grid)
         target = torch.where(cls < 0, num_labels, cls)
-        weight = torch.ones(num_labels + 1)
-        weight[num_labels] = 0.25  # background holds most cells
         loss_cls = torch.nn.functional.cross_entropy(out[:, :num_labels + 1], target, weight=weight)
         pos = (cls >= 0).unsqueeze(1).expand(-1, 4, -1, -1)
         loss_box = torch.nn.functional.l1_loss(out[:, num_labels + 1:].sigmoid()[pos], ltrb[pos])
@@ -305,6 +306,11 @@ def main() -> int:
 
     if feeder is not None:
         conv_encoder.model = feeder
+    # EMA pairs by name: with --freeze-backbone the feeder stands where the (fixed) backbone was, so the
+    # backbone's tensors have no partner in the training model and stay as pretrained in the EMA copy
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    ema_params = [(pe, params[n]) for n, pe in ema.named_parameters() if n in params]
+    ema_buffers = [(be, buffers[n]) for n, be in ema.named_buffers() if n in buffers]
 
     step, best, history = 0, {"map": -1.0}, []
     # The schedule runs on wall-clock time, not steps: on a CPU shared with other jobs the step time varies
@@ -335,13 +341,10 @@ def main() -> int:
         step += 1
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
-            params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-            for n, pe in ema.named_parameters():
-                if n in params:  # with --freeze-backbone the feeder stands where the (fixed) backbone was
-                    pe.lerp_(params[n], 1 - d)
-            for n, be in ema.named_buffers():
-                if n in buffers:
-                    be.copy_(buffers[n])
+            for pe, pm in ema_params:
+                pe.lerp_(pm, 1 - d)
+            for be, bm in ema_buffers:
+                be.copy_(bm)
         loss_avg = out.loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * out.loss.item()
         if step % 100 == 0:
             ld = {k: round(out.loss_dict[k].item(), 3) for k in ("loss_ce", "loss_bbox", "loss_giou") if k in out.loss_dict}
