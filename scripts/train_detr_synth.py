@@ -14,8 +14,14 @@ on elapsed time, so it anneals fully inside the budget however the step time var
 higher) is written as float16 ``model.safetensors`` + ``config.json`` + ``train_log.txt`` in ``--out``
 (default ``src/vitq/assets/detr_synth``) each time it improves.
 
+``--init-from DIR`` continues an earlier run's model (its config and log are kept in the new ones); the committed
+model is two runs: 90 minutes with the backbone frozen, then 70 minutes of the whole model, backbone included,
+at half the learning rates:
+
     python scripts/train_detr_synth.py --budget-min 90 --threads 2 --pretrain-min 10 --freeze-backbone \
-        --cache-canvases 16000                                       # the committed model (90 min)
+        --cache-canvases 16000 --out /tmp/detr_init                  # stage 1 (90 min)
+    python scripts/train_detr_synth.py --init-from /tmp/detr_init --budget-min 70 --threads 2 --pretrain-min 0 \
+        --lr 1e-4 --lr-backbone 5e-5 --val-num 500 --out /tmp/detr_ft   # stage 2 (70 min), then copied here
     python scripts/train_detr_synth.py --bench-steps 5                # time a few steps, write nothing
 """
 
@@ -82,6 +88,11 @@ def train_batch(rng, pool, spec, n):
                                       dtype=torch.float32).reshape(-1, 4)}
                for objs in objs_per_image]
     return normalize(imgs), targets
+
+
+def load_weights(path: Path) -> dict:
+    """A saved (float16) checkpoint as float32 tensors, as the zoo loads it."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in safetensors.torch.load_file(str(path)).items()}
 
 
 def load_split(folder: Path):
@@ -223,6 +234,9 @@ def main() -> int:
                    help="minutes of dense backbone pretraining before DETR training (part of the budget; 0: none)")
     p.add_argument("--pretrain-batch", type=int, default=32)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a folder with a model.safetensors (+ config.json, train_log.txt) of an earlier run to continue "
+                        "from: no backbone pretraining; the earlier run's config and log are kept in the new ones")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="after pretraining, keep the backbone fixed and train the transformer on its cached features")
     p.add_argument("--cache-canvases", type=int, default=20000, help="--freeze-backbone: canvases in the cache")
@@ -240,6 +254,13 @@ def main() -> int:
     p.add_argument("--bench-steps", type=int, default=0, help="time this many steps and exit, writing nothing")
     args = p.parse_args()
 
+    if args.init_from is not None:
+        if not (args.init_from / "model.safetensors").is_file():
+            p.error(f"--init-from {args.init_from}: no model.safetensors there")
+        if args.pretrain_min > 0:
+            p.error("--init-from continues a trained model: pass --pretrain-min 0")
+        if args.init_from.resolve() == args.out.resolve():
+            p.error("--init-from and --out are the same folder: the run would overwrite what it starts from")
     t_start = time.time()
     budget_s = args.budget_min * 60
     torch.set_num_threads(args.threads)
@@ -247,6 +268,11 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     spec = SynthSpec()
     model = build_detr_synth(ARCH)
+    earlier = None
+    if args.init_from is not None:
+        model.load_state_dict(load_weights(args.init_from / "model.safetensors"), strict=True)
+        cfg = args.init_from / "config.json"
+        earlier = json.loads(cfg.read_text()) if cfg.is_file() else {"path": str(args.init_from)}
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     pool = split_pool("train")
@@ -271,7 +297,12 @@ def main() -> int:
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_log.txt").unlink(missing_ok=True)
     log = Log(args.out / "train_log.txt")
+    earlier_log = args.init_from / "train_log.txt" if args.init_from is not None else None
+    if earlier_log is not None and earlier_log.is_file():
+        log("=== the run this one continues from (--init-from) ===\n" + earlier_log.read_text().rstrip()
+            + "\n=== this run ===")
     log(f"detr-synth: arch {json.dumps(ARCH)} params={n_params} batch={args.batch} lr={args.lr} "
         f"lr_backbone={args.lr_backbone} pretrain={args.pretrain_min}min@{args.pretrain_lr} wd={args.weight_decay} ema={args.ema} budget={args.budget_min}min "
         f"seed={args.seed} threads={args.threads} torch={torch.__version__} transformers={transformers.__version__}")
@@ -317,7 +348,9 @@ def main() -> int:
     # several-fold, and a step-count schedule fixed in advance would stop before annealing.
     t_train = time.time()
     train_s = budget_s - (t_train - t_start) - args.reserve_s
-    last_eval = time.time()
+    # continuing a trained model: evaluate it after the first step, so the run keeps what it started from
+    # unless it beats it on val
+    last_eval = -math.inf if args.init_from is not None else time.time()
     eval_cost = 0.0
     loss_avg = None
     while True:
@@ -371,9 +404,7 @@ def main() -> int:
 
     # Final: the saved (float16) best checkpoint, reloaded as the zoo loads it, on the test split.
     best_model = build_detr_synth(ARCH)
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in safetensors.torch.load_file(str(args.out / "model.safetensors")).items()}
-    best_model.load_state_dict(state, strict=True)
+    best_model.load_state_dict(load_weights(args.out / "model.safetensors"), strict=True)
     test_dir = synth_split_dir("test", args.test_num, seed=args.seed)
     test_images, test_coco = load_split(test_dir)
     r = evaluate(best_model.eval(), test_images, test_coco)
@@ -383,7 +414,7 @@ def main() -> int:
         "name": "detr-synth", "command": " ".join(["python", *sys.argv]), "architecture": "transformers DetrForObjectDetection + vitq SynthBackbone",
         "arch": ARCH, "num_params": n_params, "spec": spec.__dict__,
         "dataset": "synthetic Fashion-MNIST detection (vitq.data.synth_detection), train drawn on the fly",
-        "seed": args.seed, "backbone_pretraining": pretrain, "backbone_frozen": args.freeze_backbone,
+        "seed": args.seed, "init_from": earlier, "backbone_pretraining": pretrain, "backbone_frozen": args.freeze_backbone,
         "cache_canvases": args.cache_canvases if args.freeze_backbone else None, "steps": step, "batch_size": args.batch,
         "optimizer": {"name": "AdamW", "lr": args.lr, "lr_backbone": args.lr_backbone,
                       "weight_decay": args.weight_decay, "warmup_steps": args.warmup, "schedule": "cosine",

@@ -90,3 +90,22 @@ def test_recipe_that_does_not_apply_is_na_with_its_reason(tmp_path):
     md = bench.write_detection_table(tmp_path / "d.json", "d").read_text()
     assert md.count("| mptq | n/a |") == 2 and md.count("| liu2021 | error |") == 2  # both scopes' tables
     assert "## Not applicable (n/a) and errors" in md and "needs a GELU module" in md
+
+
+def test_config_overrides_reach_every_run_and_name_their_rows(tmp_path, monkeypatch):
+    """``vitq bench --model detr-synth --recon-iters N`` (and the other recipe flags) change every run, and the
+    rows and table say so; a second calibration size gets its own table rows."""
+    spec = SynthSpec(canvas=64, min_size=12, max_size=28, max_objects=2)
+    val = write_coco_split(tmp_path / "val", "val", 6, spec=spec, pool=_pool())
+    test = write_coco_split(tmp_path / "test", "test", 4, spec=spec, pool=_pool())
+    monkeypatch.setitem(bench.DETECTION_MODELS, "tiny", ("vitq:test-detr-tiny", f"coco:{val}", f"coco:{test}"))
+    kw = dict(bits=(6,), methods=("liu2021-pc",), out_dir=tmp_path, command="test", onnx_methods=(), mp_methods=())
+    plain = bench.run_detection_bench("tiny", num_calib=4, **kw)
+    recon = bench.run_detection_bench("tiny", num_calib=6, config_overrides={"recon_iters": 5}, **kw)
+    assert all("recon_iters" not in r for r in plain)
+    q_rows = [r for r in recon if r["method"] != "float"]
+    assert q_rows and all(r["recon_iters"] == 5 and r["num_calib"] == 6 for r in q_rows)
+    assert all(r["calib_seconds"] > 0 for r in q_rows)
+    md = (tmp_path / "tiny.md").read_text()
+    assert "| liu2021-pc (4 calibration canvases) |" in md
+    assert "| liu2021-pc, reconstruction 5 steps (6 calibration canvases) |" in md

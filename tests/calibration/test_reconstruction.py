@@ -7,9 +7,9 @@ import torch
 from conftest import make_tiny_vit
 
 import vitq
-from vitq.calibration.reconstruction import AdaRoundWeight, reconstruct_unit
+from vitq.calibration.reconstruction import AdaRoundWeight, UnitRows, reconstruct_unit
 from vitq.config import QuantConfig
-from vitq.errors import ConfigError
+from vitq.errors import ConfigError, VitqError
 from vitq.nn.qops import quant_ops, quantization_disabled
 from vitq.quantizers.log import LogSqrt2Quantizer
 from vitq.quantizers.uniform import UniformQuantizer, fake_quantize
@@ -55,11 +55,11 @@ def test_non_uniform_quantizers_pass_gradients_straight_through_with_unchanged_v
     assert torch.equal(xg.grad, torch.ones_like(x))
 
 
-def _calibrated_block(seed=0, n=64):
+def _calibrated_block(seed=0, n=64, method="liu2021-pc", a_bits=8):
     model = make_tiny_vit(seed=seed)
     torch.manual_seed(seed + 1)
     images = torch.randn(n, 3, 32, 32)
-    q = vitq.quantize(model, QuantConfig(w_bits=3, a_bits=8, method="liu2021-pc"))
+    q = vitq.quantize(model, QuantConfig(w_bits=3, a_bits=a_bits, method=method))
     vitq.calibrate(q, images, progress=False)
     block = q.blocks[0]
     ops = {n: op for n, op in quant_ops(q).items() if n.startswith("blocks.0.")}
@@ -113,6 +113,37 @@ def test_learned_weight_intervals_lower_the_error_further_and_the_codes_stay_exa
         Reconstruction(lr_weight_scale=-1.0)
 
 
+def test_asymmetric_activation_intervals_are_learned_with_their_zero_points_kept():
+    from vitq.quantizers.affine import AffineQuantizer
+
+    q = AffineQuantizer(4)
+    x = torch.randn(500) * 2 + 1
+    q.init_max(x)
+    q.enabled = True
+    q.scale.requires_grad_(True)
+    y = q(x)  # the differentiable path gives the searched values
+    assert torch.equal(y.detach(), q.fake_quant_with(x, q.scale.detach()))
+    y.pow(2).sum().backward()
+    assert q.scale.grad is not None and q.scale.grad.abs() > 0
+    q.scale.requires_grad_(False)
+
+    block, ops, xq, xf, target = _calibrated_block(method="liu2021-pc-asym", a_bits=4)
+    affine = {id(a): a for op in ops.values() for a in op.quantizers()[:1 if op.has_weight else 2]
+              if type(a) is AffineQuantizer and a.enabled}
+    assert len(affine) >= 4
+    before = {k: (a.scale.clone(), a.zero_point.clone()) for k, a in affine.items()}
+    res = reconstruct_unit("blocks.0", block, ops, xq, xf, target, Reconstruction(iters=100, batch_size=16), seed=3)
+    assert res.kept and res.loss_after < res.loss_before and res.intervals >= len(affine)
+    # learning them lowers the error below the rounding alone (the intervals fixed)
+    block2, ops2, xq2, xf2, target2 = _calibrated_block(method="liu2021-pc-asym", a_bits=4)
+    fixed = reconstruct_unit("blocks.0", block2, ops2, xq2, xf2, target2,
+                             Reconstruction(iters=100, batch_size=16, lr_scale=0.0), seed=3)
+    assert fixed.intervals == 0 and res.loss_after < fixed.loss_after, (res, fixed)
+    assert sum(not torch.equal(a.scale, before[k][0]) for k, a in affine.items()) >= 4  # learned
+    assert all(torch.equal(a.zero_point, before[k][1]) for k, a in affine.items())  # integer zero points kept
+    assert not any(a.scale.requires_grad for a in affine.values())
+
+
 def test_reconstruction_recipe_runs_end_to_end_and_keeps_float_when_disabled():
     model = make_tiny_vit(seed=1)
     torch.manual_seed(2)
@@ -157,3 +188,46 @@ def test_float_reference_gives_the_float_models_units_after_weights_changed_in_p
     assert torch.allclose(outputs[0], want_out, atol=1e-5)
     assert q.blocks[0].attn.qkv.weight.data_ptr() != ref.params["blocks.0.attn.qkv.weight"].data_ptr()
     assert torch.allclose(q.blocks[0].attn.qkv.weight, 0.5 * model.blocks[0].attn.qkv.weight)  # put back
+
+
+class _Recorder(torch.nn.Module):
+    def forward(self, x, mask, pos=None, *, scale=1.0, tag=None):
+        out = x * scale + (0 if pos is None else pos) + (0 if mask is None else mask.sum(-1, keepdim=True))
+        return out, tag
+
+
+def test_unit_rows_take_the_rows_of_per_image_arguments_and_pass_the_rest_as_is():
+    """A unit called with more than its input (a DETR layer: masks, position embeddings, encoder output):
+    tensors with a batch dimension are concatenated and indexed like the input, the rest passed as is."""
+    batches = []
+    for n in (3, 2):
+        x, m, pos = torch.randn(n, 4, 5), torch.randn(n, 4, 7), torch.randn(n, 4, 5)
+        batches.append(((x, m, pos), {"scale": 2.0, "tag": None}))
+    rows = UnitRows(batches, "u")
+    assert len(rows) == 5
+    unit = _Recorder()
+    cat = [torch.cat([b[0][i] for b in batches]) for i in range(3)]
+    idx = torch.tensor([4, 0, 0, 2])
+    want = cat[0][idx] * 2.0 + cat[2][idx] + cat[1][idx].sum(-1, keepdim=True)
+    assert torch.allclose(rows(unit, idx)[0], want)
+    x_new = torch.zeros(4, 4, 5)
+    assert torch.allclose(rows(unit, idx, x_new)[0], want - cat[0][idx] * 2.0)  # the input replaced (QDrop's mix)
+    assert torch.allclose(rows(unit, slice(1, 4))[0], cat[0][1:4] * 2 + cat[2][1:4] + cat[1][1:4].sum(-1, keepdim=True))
+    # a constant tensor (no batch dimension) passes as is when every batch has the same one
+    const = torch.ones(7)
+    same = UnitRows([((torch.randn(2, 4, 5), const.clone()), {}), ((torch.randn(2, 4, 5), const.clone()), {})], "u")
+    assert torch.equal(same(unit, slice(0, 1))[0] - same.x[:1], torch.full((1, 4, 5), 7.0))
+
+
+def test_unit_rows_refuse_what_they_cannot_batch():
+    x = torch.randn(2, 4, 5)
+    with pytest.raises(VitqError, match="different shapes"):  # images of two sizes: token counts differ
+        UnitRows([((x,), {}), ((torch.randn(2, 6, 5),), {})], "blocks.0")
+    with pytest.raises(VitqError, match="'pos' has different shapes"):
+        UnitRows([((x,), {"pos": torch.randn(2, 4)}), ((x,), {"pos": torch.randn(2, 3)})], "blocks.0")
+    with pytest.raises(VitqError, match="neither per image nor the same"):
+        UnitRows([((x,), {"scale": 1.0}), ((x,), {"scale": 2.0})], "blocks.0")
+    with pytest.raises(VitqError, match="different arguments"):
+        UnitRows([((x,), {"scale": 1.0}), ((x,), {})], "blocks.0")
+    with pytest.raises(VitqError, match="tensor first"):
+        UnitRows([((None, x), {})], "blocks.0")

@@ -27,3 +27,19 @@ def test_cli_no_uniform_skips_the_uniform_rows(monkeypatch):
     assert seen[0]["uniform"] is False and seen[1]["uniform"] is True
     assert seen[0]["greedy_images"] == 8 and seen[1]["greedy_images"] is None
     assert seen[1]["config_overrides"] == {"fully_quantized": True}
+
+
+def test_detection_bench_gets_the_recipe_flags_and_every_calibration_size(monkeypatch, capsys):
+    import vitq.bench.detection as detection
+
+    seen = []
+    monkeypatch.setattr(detection, "run_detection_bench", lambda name, **kw: seen.append((name, kw)))
+    assert main(["bench", "--model", "detr-synth", "--bits", "6", "--methods", "liu2021-pc-asym",
+                 "--recon-iters", "50", "--num-calib", "32", "256", "--out", "res"]) == 0
+    assert [kw["num_calib"] for _, kw in seen] == [32, 256]
+    assert all(n == "detr-synth" and kw["config_overrides"] == {"recon_iters": 50} for n, kw in seen)
+    seen.clear()
+    assert main(["bench", "--model", "detr-synth", "--bits", "6", "--out", "res"]) == 0
+    (_, kw), = seen  # the detection table's default: 32 calibration canvases, no overrides
+    assert kw["num_calib"] == 32 and kw["config_overrides"] == {}
+    assert "wrote res/detr-synth.json" in capsys.readouterr().out

@@ -143,6 +143,48 @@ def test_calibrates_w8a8(method):
     assert sqnr_db(ref, outputs(q, test)) > 20.0
 
 
+def _padded_images(n: int, seed: int):
+    x = images(n, seed=seed)
+    mask = torch.ones(n, 64, 64, dtype=torch.long)
+    mask[::3, :, 40:] = 0  # some padded images: the layers get per-image attention masks
+    x[mask[:, None].expand_as(x) == 0] = 0.0
+    return pack_pixel_mask(x, mask)
+
+
+def test_reconstruction_rows_give_each_detr_layer_its_own_images_keyword_inputs():
+    """DETR's layers take position embeddings, attention masks and (decoder) the encoder's output besides
+    their input: any rows of the calibration images, drawn across batches, run as in the model."""
+    from vitq.calibration.capture import capture_unit_inputs, run_unit
+    from vitq.calibration.reconstruction import UnitRows, _tensor_out
+
+    model = tiny_detr()
+    adapter = get_adapter(model)
+    batches = [_padded_images(5, 1), _padded_images(4, 2)]
+    for name in [f"model.encoder.layers.{ENC - 1}", f"model.decoder.layers.{DEC - 1}"]:
+        unit = model.get_submodule(name)
+        inputs = capture_unit_inputs(model, unit, batches, adapter.forward)
+        assert any(isinstance(v, torch.Tensor) for a, k in inputs for v in (*a[1:], *k.values()))
+        with torch.no_grad():
+            want = torch.cat([_tensor_out(o) for o in run_unit(unit, inputs)])
+            rows = UnitRows(inputs, name)
+            idx = torch.tensor([8, 0, 3, 5, 5])
+            assert torch.allclose(_tensor_out(rows(unit, idx)), want[idx], atol=1e-5)
+
+
+def test_block_reconstruction_runs_on_detr_layers():
+    model = tiny_detr()
+    calib = [_padded_images(8, 1), _padded_images(8, 2)]
+    q = vitq.quantize(model, vitq.QuantConfig(method="liu2021-pc-recon", w_bits=4, a_bits=4, num_candidates=10,
+                                              max_iters=1, recon_iters=60))
+    rep = vitq.calibrate(q, calib, progress=False)
+    units = {u["unit"]: u for u in rep.units}
+    layers = [f"model.{part}.layers.{i}" for part, n in (("encoder", ENC), ("decoder", DEC)) for i in range(n)]
+    assert set(layers) <= set(units) and all(units[n]["iters"] == 60 for n in layers)
+    # never worse than the search on the calibration images; at least one layer better
+    assert all(u["loss_after"] <= u["loss_before"] for u in units.values())
+    assert any(units[n]["loss_after"] < units[n]["loss_before"] for n in layers)
+
+
 def test_cross_attention_scores_get_the_ranking_loss():
     """Liu et al.'s ranking loss applies to every Q·K^T, the decoder's cross-attention maps included."""
     q = vitq.quantize(tiny_detr(), vitq.QuantConfig(method="liu2021", num_candidates=10, max_iters=1))

@@ -64,3 +64,25 @@ def test_cached_features_reproduce_the_model_with_its_backbone():
         model.model.backbone.model = feeder
         out = model(pixel_values=torch.zeros(3, 1, 4, 4))
     assert torch.allclose(out.logits, ref.logits, atol=1e-5) and torch.allclose(out.pred_boxes, ref.pred_boxes, atol=1e-5)
+
+
+def test_init_from_is_checked_before_any_training(tmp_path, monkeypatch, capsys):
+    """``--init-from`` continues a saved model: a folder without one, a second backbone pretraining, or the
+    same folder as ``--out`` (it would overwrite what it starts from) are refused up front."""
+    import safetensors.torch
+
+    model = T.build_detr_synth(TINY)
+    saved = tmp_path / "run1"
+    saved.mkdir()
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in model.state_dict().items()},
+                                str(saved / "model.safetensors"))
+    loaded = T.load_weights(saved / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in loaded.values() if v.is_floating_point())
+    assert torch.allclose(loaded["class_labels_classifier.weight"], model.class_labels_classifier.weight, atol=1e-3)
+    for argv, msg in ((["--init-from", str(tmp_path / "none"), "--pretrain-min", "0"], "no model.safetensors"),
+                      (["--init-from", str(saved)], "--pretrain-min 0"),
+                      (["--init-from", str(saved), "--pretrain-min", "0", "--out", str(saved)], "same folder")):
+        monkeypatch.setattr(sys, "argv", ["train_detr_synth.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            T.main()
+        assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 import vitq
 from vitq.bench.results import load_rows, merge_rows
+from vitq.bench.tables import VARIANT_FIELDS, variant_suffix
 from vitq.data.sources import load_images
 from vitq.eval.detection import evaluate_detection
 from vitq.eval.size import model_size_mb
@@ -51,7 +52,8 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                         out_dir: str | Path = "benchmarks/results", seed: int = 0, quantize_backbone: bool = False,
                         command: str | None = None, batch_size: int = 50,
                         onnx_methods: tuple[str, ...] = ("liu2021",),
-                        mp_methods: tuple[str, ...] = ("nuclear",)) -> list[dict]:
+                        mp_methods: tuple[str, ...] = ("nuclear",),
+                        config_overrides: dict | None = None) -> list[dict]:
     """Run the Table 2 analog for one detection model; rows are merged into ``<out_dir>/<model>.json`` as they
     finish (a failed method gets a row with its error, the others go on) and a markdown table is written.
 
@@ -59,7 +61,9 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
     evaluated in ONNX Runtime (``map_ort``, ``map50_ort`` in its row). For each of ``mp_methods`` and each
     bit-width below 8, a mixed-precision row: the Liu method with a plan from :func:`vitq.mp.search_plan` at the
     size of the uniform model (one bit-width per attention module and per FFN; a decoder layer's self- and
-    cross-attention share one)."""
+    cross-attention share one). ``config_overrides`` are :class:`vitq.QuantConfig` fields for every run (the CLI's
+    ``--recon-iters``, ``--rotation``, ...); what they change of a recipe is in its rows and labels."""
+    overrides = dict(config_overrides or {})
     if model_name not in DETECTION_MODELS:
         raise vitq.errors.ConfigError(f"unknown detection benchmark model {model_name!r}; "
                                       f"choose from {sorted(DETECTION_MODELS)}")
@@ -98,13 +102,14 @@ def run_detection_bench(model_name: str = "detr-synth", *, bits: tuple[int, ...]
                             bits_min=min(e["w_bits"] for e in mp_plan.values()),
                             bits_max=max(e["w_bits"] for e in mp_plan.values()))
             cfg = vitq.QuantConfig(w_bits=b, a_bits=b, method=method, seed=seed, quantize_backbone=quantize_backbone,
-                                   plan=mp_plan)
+                                   plan=mp_plan, **overrides)
             head["origin"] = cfg.recipe().origin
             q = vitq.quantize(model, cfg)
             rep = vitq.calibrate(q, calib.images, progress=False)
         except vitq.errors.VitqError as e:  # e.g. a recipe that needs a structure DETR does not have
             log.warning("%s W%dA%d on %s: %s", method, b, b, model_name, e)
-            row = {"origin": None, **head, "scope": "encoder+decoder", "map": None, "map50": None, "size_mb": None,
+            variant = {k: v for k, v in overrides.items() if k in VARIANT_FIELDS}
+            row = {"origin": None, **head, **variant, "scope": "encoder+decoder", "map": None, "map50": None, "size_mb": None,
                    "calib_seconds": None, "error": f"{type(e).__name__}: {e}", "load_avg": _load()}
             rows.append(row)
             merge_rows(results, [row])
@@ -155,12 +160,17 @@ def _ort_map(q, test, batch_size: int) -> dict:
     return {"map_ort": round(m.map, 4), "map50_ort": round(m.map50, 4)}
 
 
-def _label(r: dict) -> str:
-    return f"{r['method']} + MP ({r['mp_method']})" if r.get("mixed_precision") else r["method"]
+def _label(r: dict, calib: bool = False) -> str:
+    """A row's method as the table names it: the recipe, its mixed-precision plan, what flags changed of it
+    and, where the table holds more than one calibration set size (``calib``), the size."""
+    label = r["method"] + variant_suffix(r)
+    if r.get("mixed_precision"):
+        label += f" + MP ({r['mp_method']})"
+    return label + (f" ({r.get('num_calib')} calibration canvases)" if calib else "")
 
 
-def _cell(rows: list[dict], label: str, bits: int, scope: str) -> str:
-    same = [r for r in rows if _label(r) == label and r["w_bits"] == bits]
+def _cell(rows: list[dict], label: str, bits: int, scope: str, calib: bool) -> str:
+    same = [r for r in rows if _label(r, calib) == label and r["w_bits"] == bits]
     # a run that failed before calibration has one row (no scope to split), shown in both tables
     r = next((r for r in same if r.get("scope") == scope), None) or next((r for r in same if r.get("error")), None)
     if r is None:
@@ -175,7 +185,8 @@ def write_detection_table(results: Path, model_name: str) -> Path:
     rows = [r for r in load_rows(results) if r["model"] == model_name and r.get("task") == "detection"]
     fl = next((r for r in rows if r["method"] == "float"), None)
     bits = sorted({r["w_bits"] for r in rows if r["method"] != "float"}, reverse=True)
-    methods = list(dict.fromkeys(_label(r) for r in rows if r["method"] != "float"))
+    calib = len({r.get("num_calib") for r in rows if r["method"] != "float"}) > 1
+    methods = list(dict.fromkeys(_label(r, calib) for r in rows if r["method"] != "float"))
     lines = [f"# {model_name}: Liu et al. (2021) Table 2 analog (DETR, COCO mAP via pycocotools)", "",
              "Made by:", ""] + [f"    {c}" for c in sorted({r["command"] for r in rows})] + [""]
     if fl is not None:
@@ -185,7 +196,7 @@ def write_detection_table(results: Path, model_name: str) -> Path:
     for scope, title in (("encoder+decoder", "Encoder and decoder quantized"), ("encoder", "Encoder only quantized")):
         lines += [f"## {title}", "", "| method | " + " | ".join(f"W{b}A{b}" for b in bits) + " |",
                   "|---|" + "---|" * len(bits)]
-        lines += [f"| {m} | " + " | ".join(_cell(rows, m, b, scope) for b in bits) + " |" for m in methods]
+        lines += [f"| {m} | " + " | ".join(_cell(rows, m, b, scope, calib) for b in bits) + " |" for m in methods]
         lines.append("")
     ort = [r for r in rows if r.get("map_ort") is not None]
     if ort:
@@ -195,7 +206,7 @@ def write_detection_table(results: Path, model_name: str) -> Path:
                   f"{100 * r['map50']:.1f} | {100 * r['map50_ort']:.1f} |" for r in ort] + [""]
     errors = [r for r in rows if r.get("error")]
     if errors:
-        lines += ["## Not applicable (n/a) and errors", ""] + [f"- {_label(r)} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
+        lines += ["## Not applicable (n/a) and errors", ""] + [f"- {_label(r, calib)} W{r['w_bits']}A{r['a_bits']}: {r['error']}" for r in errors] + [""]
     md = results.with_suffix(".md")
     atomic_write_text(md, "\n".join(lines))
     return md

@@ -52,8 +52,9 @@ def is_plain(row: dict) -> bool:
     return not any(row.get(k) for k in VARIANT_FIELDS)
 
 
-def _variant_label(row: dict) -> str:
-    label = METHOD_LABELS.get(row["method"], row["method"])
+def variant_suffix(row: dict) -> str:
+    """What a row changed of its recipe, as a label suffix (empty for the recipe as registered)."""
+    label = ""
     if row.get("post_softmax") and not row["method"].startswith(("ptq4vit", "repq")):  # theirs by recipe
         label += f" + {row['post_softmax']} softmax quantizer"
     if row.get("fully_quantized"):
@@ -65,6 +66,10 @@ def _variant_label(row: dict) -> str:
     if row.get("recon_iters") is not None:
         label += f", reconstruction {row['recon_iters']} steps"
     return label
+
+
+def _variant_label(row: dict) -> str:
+    return METHOD_LABELS.get(row["method"], row["method"]) + variant_suffix(row)
 
 
 def table1(rows: list[dict], model: str) -> str:

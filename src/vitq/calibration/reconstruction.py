@@ -9,12 +9,16 @@ transformer block, the patch embedding) against the float unit:
   ``lambda * sum(1 - |2h - 1|^beta)``, with ``beta`` annealed from 20 to 2 after a warm-up, drives every
   ``h`` to 0 or 1; at the end each weight is rounded up where ``h >= 1/2`` and written back on its grid.
 - **activation intervals** (LSQ, Esser et al. ICLR 2020): each per-tensor uniform activation interval
-  of the unit (Linear inputs, both operands of the attention products) is a learned value, the
-  rounding differentiated straight through (:func:`vitq.quantizers.uniform.fake_quantize`); the other
-  quantizer kinds keep their searched state and pass gradients straight through.
+  of the unit (Linear inputs, both operands of the attention products), symmetric or asymmetric (its
+  integer zero point kept), is a learned value, the rounding differentiated straight through
+  (:func:`vitq.quantizers.uniform.fake_quantize`); the other quantizer kinds keep their searched state and
+  pass gradients straight through.
 - **objective**: ``|f_q(x) - f(x_float)|^2`` summed over features, averaged over tokens, where ``f`` is the
   float unit on the float model's inputs to it (BRECQ's target) and ``x`` mixes, element by element, the
   quantized model's inputs with the float ones (QDrop's drop probability ``p``; ``p = 0`` is BRECQ).
+
+A unit called with more than its input (a DETR layer: attention mask, position embeddings, the encoder's
+output) gets the rows of those that go with its input's rows (:class:`UnitRows`).
 
 Adam over ``iters`` steps of ``batch_size`` calibration images, with a seeded generator for the batch
 and drop samples, so one seed gives one result. In a data-parallel run (``torchrun``) each rank keeps its
@@ -41,6 +45,7 @@ from vitq.calibration.capture import capture_unit_inputs, run_unit
 from vitq.distributed import all_reduce_grads, rank, shard_count, shard_range, shard_sum
 from vitq.errors import VitqError
 from vitq.nn.qops import QuantOp, quantization_disabled
+from vitq.quantizers.affine import AffineQuantizer
 from vitq.quantizers.uniform import UniformQuantizer
 from vitq.recipes import Reconstruction
 
@@ -161,15 +166,74 @@ class FloatReference:
         self.inputs = [((t,), {}) for t in outputs] if chained else None
 
 
-def _stack(inputs, unit: str) -> torch.Tensor:
-    if not all(len(a) == 1 and not k and isinstance(a[0], torch.Tensor) for a, k in inputs):
-        raise VitqError(f"block reconstruction needs calibration units whose forward takes one tensor; unit "
-                        f"{unit!r} is called with other arguments: turn reconstruction off (recon_iters=0)")
-    return torch.cat([a[0] for a, _ in inputs])
+class UnitRows:
+    """A unit's calibration inputs as rows of one batch, so that minibatches can be drawn across batches.
+
+    ``x`` is the unit's first positional argument, every batch's concatenated (the input reconstruction mixes
+    with the float model's); the rest of the call follows along: a tensor whose first dimension is its batch's
+    size is concatenated the same way and indexed with the rows (a DETR layer's position embeddings, attention
+    mask, encoder output), anything else must be the same in every batch (``None``, a flag) and is passed as is.
+    """
+
+    def __init__(self, inputs, unit: str):
+        if not inputs or not all(a and isinstance(a[0], torch.Tensor) for a, _ in inputs):
+            raise VitqError(f"block reconstruction needs calibration units called with a tensor first; unit "
+                            f"{unit!r} is not: turn reconstruction off (recon_iters=0)")
+        sizes = [a[0].shape[0] for a, _ in inputs]
+        shapes = {tuple(a[0].shape[1:]) for a, _ in inputs}
+        if len(shapes) > 1:
+            raise VitqError(f"block reconstruction of unit {unit!r}: its calibration batches have inputs of different "
+                            f"shapes {sorted(shapes)} (images of different sizes); calibrate on images of one size, "
+                            "or turn reconstruction off (recon_iters=0)")
+        self.x = torch.cat([a[0] for a, _ in inputs])
+        rest = [(dict(enumerate(a[1:])), k) for a, k in inputs]
+        if any(len(r) != len(rest[0][0]) or k.keys() != rest[0][1].keys() for r, k in rest):
+            raise VitqError(f"block reconstruction of unit {unit!r}: its calibration batches call it with different "
+                            "arguments")
+        self.args: dict[int, object] = {}
+        self.kwargs: dict[str, object] = {}
+        self.batched: set = set()
+        for store, pick in ((self.args, lambda r: r[0]), (self.kwargs, lambda r: r[1])):
+            for key in pick(rest[0]):
+                vals = [pick(r)[key] for r in rest]
+                if all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n for v, n in zip(vals, sizes)):
+                    if len({tuple(v.shape[1:]) for v in vals}) > 1:
+                        raise VitqError(f"block reconstruction of unit {unit!r}: argument {key!r} has different "
+                                        "shapes in different calibration batches; calibrate on images of one size")
+                    store[key] = torch.cat(vals)
+                    self.batched.add((store is self.kwargs, key))
+                elif all(_same(v, vals[0]) for v in vals):
+                    store[key] = vals[0]
+                else:
+                    raise VitqError(f"block reconstruction of unit {unit!r}: argument {key!r} is neither per image "
+                                    "nor the same in every calibration batch")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __call__(self, unit: nn.Module, rows, x: torch.Tensor | None = None):
+        """``unit`` on ``rows`` (a slice or an index tensor) of the inputs, its first argument replaced by ``x``."""
+        def take(is_kw, key, v):
+            return v[rows] if (is_kw, key) in self.batched else v
+        args = [take(False, i, self.args[i]) for i in range(len(self.args))]
+        kwargs = {k: take(True, k, v) for k, v in self.kwargs.items()}
+        return unit(self.x[rows] if x is None else x, *args, **kwargs)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    return a is b or a == b
 
 
 def _tensor_out(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
+    """A unit's output as reconstruction compares it: the output, or the first tensor in it (a transformer
+    layer's hidden states; a DETR backbone's ``[(feature_map, mask)]``: the feature map)."""
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise VitqError(f"block reconstruction needs a unit whose output is (or starts with) a tensor, not {type(out).__name__}")
+    return out
 
 
 def _error(out: torch.Tensor, target: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -183,22 +247,23 @@ def _error(out: torch.Tensor, target: torch.Tensor, rows: int | None = None) -> 
 
 
 @torch.no_grad()
-def _loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+def _loss(unit: nn.Module, rows: UnitRows, target: torch.Tensor, batch: int) -> float:
     """The mean output error over the calibration images (every rank's, in a data-parallel run)."""
     total = 0.0
-    for i in range(0, x.shape[0], batch):
-        out = _tensor_out(unit(x[i: i + batch]))
+    for i in range(0, len(rows), batch):
+        out = _tensor_out(rows(unit, slice(i, i + batch)))
         total += float(_error(out, target[i: i + batch])) * out.shape[0]
-    return shard_sum(total) / shard_count(x.shape[0])
+    return shard_sum(total) / shard_count(len(rows))
 
 
-def _learned_intervals(unit_ops: dict[str, QuantOp]) -> list[UniformQuantizer]:
-    """The unit's per-tensor uniform activation quantizers in use: Linear / Conv inputs, both matmul operands."""
-    found: list[UniformQuantizer] = []
+def _learned_intervals(unit_ops: dict[str, QuantOp]) -> list[UniformQuantizer | AffineQuantizer]:
+    """The unit's per-tensor uniform activation quantizers in use, symmetric or with a zero point (which stays):
+    Linear / Conv inputs, both matmul operands."""
+    found: list[UniformQuantizer | AffineQuantizer] = []
     for op in unit_ops.values():
         qa, qb = op.quantizers()
         for q in (qa,) if op.has_weight else (qa, qb):
-            if type(q) is UniformQuantizer and q.axis is None and q.enabled and q not in found:
+            if type(q) in (UniformQuantizer, AffineQuantizer) and q.axis is None and q.enabled and q not in found:
                 found.append(q)
     return found
 
@@ -212,7 +277,8 @@ def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], i
         name: the unit's qualified name (messages, the result).
         unit: the unit, its ops calibrated and enabled.
         unit_ops: its quantized ops by name.
-        inputs: the unit's inputs in the quantized model, ``[((x,), {}), ...]`` per calibration batch.
+        inputs: the unit's inputs in the quantized model, ``[(args, kwargs), ...]`` per calibration batch
+            (see :class:`UnitRows`).
         float_inputs: the same from the float model.
         float_outputs: the float unit's outputs on ``float_inputs`` (the targets), per batch.
         spec: the recipe's reconstruction settings.
@@ -220,12 +286,13 @@ def reconstruct_unit(name: str, unit: nn.Module, unit_ops: dict[str, QuantOp], i
         batch_size: forward batch size of the before/after measurements.
     """
     t0 = time.perf_counter()
-    x_q, x_f = _stack(inputs, name), _stack(float_inputs, name)
-    return _reconstruct(name, unit, unit_ops, x_q, x_f, torch.cat(float_outputs), spec, seed, batch_size, t0)
+    rows_q, x_f = UnitRows(inputs, name), UnitRows(float_inputs, name).x
+    return _reconstruct(name, unit, unit_ops, rows_q, x_f, torch.cat(float_outputs), spec, seed, batch_size, t0)
 
 
-def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size, t0) -> ReconstructionResult:
-    before = _loss(unit, x_q, target, batch_size)
+def _reconstruct(name, unit, unit_ops, rows_q: UnitRows, x_f, target, spec, seed, batch_size, t0) -> ReconstructionResult:
+    x_q = rows_q.x
+    before = _loss(unit, rows_q, target, batch_size)
     intervals = _learned_intervals(unit_ops) if spec.lr_scale > 0 else []
     saved = {k: v.clone() for k, v in unit.state_dict().items()}
     rounding: dict[str, AdaRoundWeight] = {}
@@ -266,7 +333,7 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
                 if spec.drop_prob > 0:
                     drop = torch.rand((idx.numel(), *x_q.shape[1:]), generator=gen)[held] < spec.drop_prob
                     x = torch.where(drop, x_f[local], x)
-                loss = _error(_tensor_out(unit(x)), target[local], idx.numel()) if local.numel() else None
+                loss = _error(_tensor_out(rows_q(unit, local, x)), target[local], idx.numel()) if local.numel() else None
                 if rounding and it >= start_reg and rank() == 0:  # once over the ranks
                     t = (it - start_reg) / max(1, spec.iters - start_reg)
                     beta = spec.beta[1] + (spec.beta[0] - spec.beta[1]) * (1 - t)
@@ -294,7 +361,7 @@ def _reconstruct(name, unit, unit_ops, x_q, x_f, target, spec, seed, batch_size,
                 r.commit_scale()
         for p, f in flags.items():
             p.requires_grad_(f)
-    after = _loss(unit, x_q, target, batch_size)
+    after = _loss(unit, rows_q, target, batch_size)
     kept = after <= before
     if not kept:  # the search's state was better on the calibration set: put it back
         unit.load_state_dict(saved)

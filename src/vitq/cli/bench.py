@@ -33,8 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="detr-synth: quantize the CNN backbone too (off by default, as Liu et al.)")
     b.add_argument("--bits", type=bits, nargs="+", default=[8, 6, 4],
                    help="bit-widths W=A of the rows (default 8 6 4)")
-    b.add_argument("--num-calib", type=positive_int, nargs="+", default=[32, 128],
-                   help="calibration set sizes, one set of rows each (default 32 128; with --mp the first)")
+    b.add_argument("--num-calib", type=positive_int, nargs="+", default=None,
+                   help="calibration set sizes, one set of rows each (default 32 128; detr-synth 32; with --mp the "
+                        "first)")
     b.add_argument("--methods", nargs="+", default=None, help="default: minmax percentile easyquant mse liu2021")
     b.add_argument("--no-ablation", action="store_true",
                    help="skip the Table 3 ablation rows (liu2021-sim, liu2021-sim+rank, liu2021-sim+bc)")
@@ -99,7 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           **dict.fromkeys(ablation, "the ablation (--no-ablation skips it) runs")})
     for name in args.model or ["fmnist-vit", "dinov2-s14-fmnist"]:
         run_bench(name, bits=tuple(args.bits), methods=tuple(args.methods or TABLE1_METHODS),
-                  ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib),
+                  ablation=not args.no_ablation, num_calib=(32,) if args.quick else tuple(args.num_calib or (32, 128)),
                   num_test=500 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
                   seed=args.seed, search=args.search, config_overrides=extended_overrides(args),
                   peers=args.peers)
@@ -118,10 +119,11 @@ def cmd_bench_detection(args: argparse.Namespace) -> int:
         raise ConfigError("--model detr-synth runs the detection benchmark: give it alone")
     methods = list(args.methods or TABLE2_METHODS)
     check_methods(args, methods)
-    run_detection_bench("detr-synth", bits=tuple(args.bits), methods=tuple(methods),
-                        num_calib=32 if args.quick else args.num_calib[0],
-                        num_test=200 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
-                        seed=args.seed, quantize_backbone=args.quantize_backbone)
+    for num_calib in [32] if args.quick else args.num_calib or [32]:
+        run_detection_bench("detr-synth", bits=tuple(args.bits), methods=tuple(methods), num_calib=num_calib,
+                            num_test=200 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
+                            seed=args.seed, quantize_backbone=args.quantize_backbone,
+                            config_overrides=extended_overrides(args))
     print(f"wrote {args.out}/detr-synth.json and detr-synth.md")
     return 0
 
@@ -135,7 +137,7 @@ def cmd_bench_mp(args: argparse.Namespace) -> int:
     for name in args.model or ["fmnist-vit"]:
         for method in methods:
             run_mp_rows(name, mp_methods=tuple(args.mp), bits=tuple(args.bits), method=method,
-                        num_calib=32 if args.quick else args.num_calib[0],
+                        num_calib=32 if args.quick else (args.num_calib or [32])[0],
                         num_test=500 if args.quick and args.num_test is None else args.num_test,
                         out_dir=args.out, seed=args.seed, search=args.search,
                         budgets_mb=tuple(getattr(args, "budget_mb", None) or ()),

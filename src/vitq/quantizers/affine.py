@@ -20,6 +20,7 @@ import torch
 
 from vitq.distributed import shard_max, shard_min, shard_rows
 from vitq.quantizers.base import SearchableQuantizer
+from vitq.quantizers.uniform import round_ste
 
 #: RepQ-ViT's range candidates: quantiles of the tensor (or channel), as in its ``quant/quantizer.py``
 REPQ_QUANTILES = (0.999, 0.9999, 0.99999)
@@ -63,6 +64,14 @@ class AffineQuantizer(SearchableQuantizer):
         shape = [1] * x.dim()
         shape[self.axis % x.dim()] = -1
         return t.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enabled and torch.is_grad_enabled() and self.scale.requires_grad:
+            # block reconstruction learns s (LSQ, Esser et al. 2020) with z fixed: the rounding passes
+            # gradients straight through, the clamp stops them outside the range; the same values
+            z, s = self._bcast(x, self.zero_point), self._bcast(x, self.scale)
+            return (torch.clamp(round_ste(x / s) + z, 0, self.qmax) - z) * s
+        return super().forward(x)
 
     def fake_quant_with(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         z, s = self._bcast(x, self.zero_point), self._bcast(x, scale)
