@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("pycocotools")
 
+from vitq import errors as vitq_errors  # noqa: E402
 from vitq.bench import detection as bench  # noqa: E402
 from vitq.data.synth_detection import SynthSpec, write_coco_split  # noqa: E402
 from vitq.models.detr_synth import build_detr_synth, detr_synth_data_config  # noqa: E402
@@ -109,3 +110,39 @@ def test_config_overrides_reach_every_run_and_name_their_rows(tmp_path, monkeypa
     md = (tmp_path / "tiny.md").read_text()
     assert "| liu2021-pc (4 calibration canvases) |" in md
     assert "| liu2021-pc, reconstruction 5 steps (6 calibration canvases) |" in md
+
+
+def test_several_seeds_make_one_row_with_their_mean_and_spread(tmp_path, monkeypatch):
+    """``seeds=(0, 1, 2)``: each seed calibrates on its own canvases (and no mixed-precision rows without
+    liu2021 among the methods); the row's mAP is the mean of the per-seed
+    figures it lists, ``map_std`` their spread, and one seed's row equals the matching single-seed run."""
+    import statistics
+
+    import torch
+
+    spec = SynthSpec(canvas=64, min_size=12, max_size=28, max_objects=2)
+    val = write_coco_split(tmp_path / "val", "val", 12, spec=spec, pool=_pool())
+    test = write_coco_split(tmp_path / "test", "test", 4, spec=spec, pool=_pool())
+    monkeypatch.setitem(bench.DETECTION_MODELS, "tiny", ("vitq:test-detr-tiny", f"coco:{val}", f"coco:{test}"))
+    kw = dict(bits=(8,), methods=("liu2021-sim",), num_calib=4, command="test", onnx_methods=("liu2021-sim",),
+              mp_methods=("nuclear",))
+    seen = []
+    calibrate = bench.vitq.calibrate
+    monkeypatch.setattr(bench.vitq, "calibrate", lambda q, images, **k: seen.append(images) or calibrate(q, images, **k))
+    rows = bench.run_detection_bench("tiny", seeds=(0, 1, 2), out_dir=tmp_path / "three", **kw)
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    q = [r for r in rows if r["method"] != "float"]
+    assert [r["scope"] for r in q] == ["encoder", "encoder+decoder"]  # no MP rows without liu2021 in the methods
+    for r in q:
+        assert r["seeds"] == [0, 1, 2] and len(r["map_per_seed"]) == 3 and len(r["calib_seconds_per_seed"]) == 3
+        assert r["map"] == pytest.approx(statistics.fmean(r["map_per_seed"]), abs=1e-4)
+        assert r["map_std"] == pytest.approx(statistics.stdev(r["map_per_seed"]), abs=1e-4)
+    full = q[1]
+    assert full["ort_seed"] == 2 and abs(full["map_ort"] - full["map_sim_ort"]) <= 0.005
+    assert full["map_sim_ort"] == pytest.approx(full["map_per_seed"][2], abs=1e-4)
+    one = bench.run_detection_bench("tiny", seeds=(1,), out_dir=tmp_path / "one", **kw)
+    assert one[-1]["map_per_seed"] == [full["map_per_seed"][1]] and one[-1]["map_std"] == 0.0
+    md = (tmp_path / "three" / "tiny.md").read_text()
+    assert f"| liu2021-sim | {100 * full['map']:.1f} ± {100 * full['map_std']:.1f} (" in md
+    with pytest.raises(vitq_errors.ConfigError, match="distinct"):
+        bench.run_detection_bench("tiny", seeds=(1, 1), out_dir=tmp_path / "bad", **kw)

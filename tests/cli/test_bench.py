@@ -40,6 +40,16 @@ def test_detection_bench_gets_the_recipe_flags_and_every_calibration_size(monkey
     assert all(n == "detr-synth" and kw["config_overrides"] == {"recon_iters": 50} for n, kw in seen)
     seen.clear()
     assert main(["bench", "--model", "detr-synth", "--bits", "6", "--out", "res"]) == 0
-    (_, kw), = seen  # the detection table's default: 32 calibration canvases, no overrides
-    assert kw["num_calib"] == 32 and kw["config_overrides"] == {}
+    (_, kw), = seen  # the detection table's default: 32 calibration canvases, no overrides, --seed's one seed
+    assert kw["num_calib"] == 32 and kw["config_overrides"] == {} and kw["seeds"] == (0,)
     assert "wrote res/detr-synth.json" in capsys.readouterr().out
+    seen.clear()
+    assert main(["bench", "--model", "detr-synth", "--bits", "6", "--seeds", "0", "1", "2", "--out", "res"]) == 0
+    assert seen[0][1]["seeds"] == (0, 1, 2)
+
+
+def test_seeds_is_refused_where_it_would_be_ignored(capsys):
+    """Only the detection table averages seeds; elsewhere ``--seeds`` is an error, not one silent seed."""
+    assert main(["bench", "--model", "fmnist-vit", "--seeds", "0", "1"]) != 0
+    assert "benchmarks/lowbit.py" in capsys.readouterr().err
+    assert main(["bench", "--model", "detr-synth", "--mp", "nuclear", "--seeds", "0", "1"]) != 0

@@ -47,6 +47,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results",
                    help="results directory: <model>.json (rows merged in) and <model>.md (default %(default)s)")
     add_seed_arg(b)
+    b.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="detr-synth: calibrate each configuration once per seed; its rows hold the mean mAP, its "
+                        "standard deviation and the per-seed figures (default: --seed). Classifier rows over "
+                        "several seeds: benchmarks/lowbit.py --seeds")
     b.add_argument("--peers", action="store_true",
                    help="the whole comparison in one command: adds the mptq, ptq4vit and repq-vit recipes to the "
                         "methods at every --bits, and ONNX Runtime's quantize_static (MinMax, Percentile, Entropy) "
@@ -86,6 +90,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vitq.bench.runner import ABLATION_METHODS, TABLE1_METHODS, run_bench, with_peer_methods
     from vitq.errors import ConfigError
 
+    if args.seeds and not (args.model and "detr-synth" in args.model and not args.mp):
+        raise ConfigError("--seeds applies to --model detr-synth's table; classifier rows over several calibration "
+                          "seeds: python benchmarks/lowbit.py --seeds ...")
     if args.mp:
         if distributed.is_distributed():
             raise ConfigError("vitq bench --mp runs in one process: run it without torchrun")
@@ -122,7 +129,7 @@ def cmd_bench_detection(args: argparse.Namespace) -> int:
     for num_calib in [32] if args.quick else args.num_calib or [32]:
         run_detection_bench("detr-synth", bits=tuple(args.bits), methods=tuple(methods), num_calib=num_calib,
                             num_test=200 if args.quick and args.num_test is None else args.num_test, out_dir=args.out,
-                            seed=args.seed, quantize_backbone=args.quantize_backbone,
+                            seeds=tuple(args.seeds or (args.seed,)), quantize_backbone=args.quantize_backbone,
                             config_overrides=extended_overrides(args))
     print(f"wrote {args.out}/detr-synth.json and detr-synth.md")
     return 0
