@@ -12,6 +12,7 @@ JSON versions: 1 (plans set bits only) is read and upgraded; 2 is written.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from vitq.errors import ConfigError
 from vitq.quantizers.uniform import check_bits
 from vitq.recipes import WEIGHT_ROUNDINGS, Recipe, check_weight_rounding, get_recipe
-from vitq.recipes.base import CONFIG_ROTATIONS
+from vitq.recipes.base import CONFIG_ROTATIONS, RECON_SETTINGS
 
 CONFIG_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -135,6 +136,10 @@ class QuantConfig:
         recon_iters: block reconstruction steps per unit (:mod:`vitq.calibration.reconstruction`); ``0``
             turns a recipe's reconstruction off, ``None`` takes the recipe's, another value adds it (with
             the default settings of :class:`vitq.recipes.Reconstruction`) to any recipe.
+        recon_lr_scale, recon_lr_weight_scale, recon_drop_prob: override those settings of the
+            reconstruction (:class:`vitq.recipes.Reconstruction`: the activation intervals' learning rate,
+            that of a learned factor on each weight interval, QDrop's probability); ``None`` keeps the
+            recipe's. Setting one where no reconstruction runs is an error.
         search_images: the interval search (and GPTQ) sees only the first this many calibration images;
             block reconstruction and the LayerNorm
             transforms see them all. ``None``: all. Reconstruction wants hundreds to thousands of
@@ -169,6 +174,9 @@ class QuantConfig:
     weight_rounding: str | None = None
     rotation: str | None = None
     recon_iters: int | None = None
+    recon_lr_scale: float | None = None
+    recon_lr_weight_scale: float | None = None
+    recon_drop_prob: float | None = None
     search_images: int | None = None
     plan: dict[str, dict] = field(default_factory=dict)
     version: int = CONFIG_VERSION
@@ -214,6 +222,12 @@ class QuantConfig:
         if self.recon_iters is not None and (isinstance(self.recon_iters, bool) or not isinstance(self.recon_iters, int)
                                              or self.recon_iters < 0):
             raise ConfigError(f"recon_iters={self.recon_iters!r} must be an integer >= 0 or null (the recipe's)")
+        for k in RECON_SETTINGS:
+            v = getattr(self, f"recon_{k}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf
+                                  or (k == "drop_prob" and v > 1)):
+                raise ConfigError(f"recon_{k}={v!r} must be a number {'in [0, 1]' if k == 'drop_prob' else '>= 0'} "
+                                  "or null (the recipe's)")
         if self.search_images is not None and (isinstance(self.search_images, bool)
                                                or not isinstance(self.search_images, int) or self.search_images < 1):
             raise ConfigError(f"search_images={self.search_images!r} must be a positive integer or null (all images)")

@@ -103,6 +103,9 @@ def test_config_overrides_reach_every_run_and_name_their_rows(tmp_path, monkeypa
     kw = dict(bits=(6,), methods=("liu2021-pc",), out_dir=tmp_path, command="test", onnx_methods=(), mp_methods=())
     plain = bench.run_detection_bench("tiny", num_calib=4, **kw)
     recon = bench.run_detection_bench("tiny", num_calib=6, config_overrides={"recon_iters": 5}, **kw)
+    tuned = bench.run_detection_bench("tiny", num_calib=6, config_overrides={"recon_iters": 5, "recon_drop_prob": 0.0},
+                                      **kw)
+    assert all(r["recon_drop_prob"] == 0.0 for r in tuned if r["method"] != "float")
     assert all("recon_iters" not in r for r in plain)
     q_rows = [r for r in recon if r["method"] != "float"]
     assert q_rows and all(r["recon_iters"] == 5 and r["num_calib"] == 6 for r in q_rows)
@@ -110,6 +113,7 @@ def test_config_overrides_reach_every_run_and_name_their_rows(tmp_path, monkeypa
     md = (tmp_path / "tiny.md").read_text()
     assert "| liu2021-pc (4 calibration canvases) |" in md
     assert "| liu2021-pc, reconstruction 5 steps (6 calibration canvases) |" in md
+    assert "| liu2021-pc, reconstruction 5 steps (drop_prob 0) (6 calibration canvases) |" in md  # a row of its own
 
 
 def test_several_seeds_make_one_row_with_their_mean_and_spread(tmp_path, monkeypatch):

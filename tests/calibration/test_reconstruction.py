@@ -2,6 +2,8 @@
 the grid, the straight-through gradients, a block's output error goes down, one seed gives one result,
 and the recipe / config plumbing."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import make_tiny_vit
@@ -168,6 +170,28 @@ def test_reconstruction_config_plumbing():
     with pytest.raises(ConfigError, match="iters"):
         Reconstruction(iters=-3)
     assert get_recipe("liu2021-pc").reconstruction is None
+
+
+def test_reconstruction_settings_from_the_config_reach_the_recipe_its_rows_and_json():
+    cfg = QuantConfig(method="liu2021-pc-asym", recon_iters=7, recon_lr_weight_scale=1e-3, recon_drop_prob=0.0)
+    r = cfg.recipe().reconstruction
+    assert (r.iters, r.lr_weight_scale, r.drop_prob, r.lr_scale) == (7, 1e-3, 0.0, Reconstruction().lr_scale)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.recipe().row_fields(cfg) == {"recon_iters": 7, "recon_lr_weight_scale": 1e-3, "recon_drop_prob": 0.0}
+    # a recipe with its own reconstruction: only the setting changes, and the row names it
+    cfg = QuantConfig(method="liu2021-pc-recon", recon_lr_scale=1e-2)
+    registered = get_recipe("liu2021-pc-recon").reconstruction
+    assert cfg.recipe().reconstruction == replace(registered, lr_scale=1e-2)
+    assert cfg.recipe().row_fields(cfg)["recon_lr_scale"] == 1e-2
+    assert "recon_lr_scale" not in QuantConfig(method="liu2021-pc-recon").recipe().row_fields(QuantConfig())
+    # set where no reconstruction runs, it would be ignored: an error naming it
+    for kw in ({"method": "liu2021-pc"}, {"method": "liu2021-pc-recon", "recon_iters": 0}):
+        with pytest.raises(ConfigError, match="recon_drop_prob tune block reconstruction"):
+            QuantConfig(recon_drop_prob=0.1, **kw)
+    for bad in ({"recon_drop_prob": 1.5}, {"recon_lr_scale": -1e-3}, {"recon_lr_weight_scale": float("nan")},
+                {"recon_drop_prob": True}, {"recon_lr_scale": "1e-3"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            QuantConfig(method="liu2021-pc-recon", **bad)
 
 
 def test_float_reference_gives_the_float_models_units_after_weights_changed_in_place():

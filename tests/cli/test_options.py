@@ -1,5 +1,7 @@
 """The MPTQ-ViT flags reach the config, over a --config file, on quantize and bench."""
 
+import pytest
+
 from vitq.cli import build_parser
 from vitq.cli.common import config_from_args
 from vitq.cli.options import extended_overrides
@@ -30,3 +32,13 @@ def test_reconstruction_flags_reach_the_config():
     c = config_from_args(ap.parse_args(["quantize", "--method", "liu2021-rot-recon", "--recon-iters", "0"]))
     assert c.recipe().reconstruction is None
     assert extended_overrides(ap.parse_args(["bench", "--methods", "liu2021", "--recon-iters", "9"])) == {"recon_iters": 9}
+    c = config_from_args(ap.parse_args(["quantize", "--method", "liu2021-pc-asym", "--recon-iters", "40",
+                                         "--recon-lr-weight-scale", "1e-3", "--recon-drop-prob", "0",
+                                         "--recon-lr-scale", "0.01"]))
+    r = c.recipe().reconstruction
+    assert (r.iters, r.lr_weight_scale, r.drop_prob, r.lr_scale) == (40, 1e-3, 0.0, 0.01)
+    assert extended_overrides(ap.parse_args(["bench", "--methods", "liu2021-pc-recon", "--recon-drop-prob", "0.25"])) \
+        == {"recon_drop_prob": 0.25}
+    for bad in (["--recon-drop-prob", "1.5"], ["--recon-lr-weight-scale", "-1"], ["--recon-lr-scale", "nan"]):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["quantize", "--method", "liu2021-pc-recon", *bad])

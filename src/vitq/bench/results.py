@@ -18,7 +18,8 @@ REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "t
 REQUIRED_DETECTION = ("map", "map50", "map_float", "scope")
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "mixed_precision", "num_calib", "num_test", "mp_method",
               "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax",
-              "weight_rounding", "rotation", "recon_iters", "task", "scope", "quantize_backbone")
+              "weight_rounding", "rotation", "recon_iters", "recon_lr_scale", "recon_lr_weight_scale",
+              "recon_drop_prob", "task", "scope", "quantize_backbone")
 
 
 def row_key(row: dict) -> tuple:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitq.recipes import RECIPES, recipe_names
+from vitq.recipes.base import RECON_SETTINGS
 
 METHOD_LABELS = {
     "minmax": "MinMax", "percentile": "Percentile", "easyquant": "EasyQuant", "mse": "MSE",
@@ -21,7 +22,7 @@ ABLATION = tuple(sorted(((n, "yes" if RECIPES[n].search.objective else "", "yes"
 
 # weight_rounding / rotation: set only where a flag changed the recipe's own (Recipe.row_fields)
 VARIANT_FIELDS = ("smoothing", "post_gelu", "post_softmax", "fully_quantized", "weight_rounding", "rotation",
-                  "recon_iters")
+                  "recon_iters") + tuple(f"recon_{k}" for k in RECON_SETTINGS)
 ORT_METHODS = ("ort-minmax", "ort-percentile", "ort-entropy")  # vitq.peers.ort_static
 COMPARE_METHODS = tuple(n for n, r in RECIPES.items() if not r.ablation or r.table) + ORT_METHODS
 # The comparison proper: what ``vitq bench --peers`` runs (parts of a method, such as MPTQ-ViT's
@@ -65,6 +66,10 @@ def variant_suffix(row: dict) -> str:
         label += f", rotation {row['rotation']}"
     if row.get("recon_iters") is not None:
         label += f", reconstruction {row['recon_iters']} steps"
+    settings = [f"{k} {row['recon_' + k]:g}" for k in RECON_SETTINGS
+                if row.get("recon_" + k) is not None]
+    if settings:
+        label += f" ({', '.join(settings)})"
     return label
 
 

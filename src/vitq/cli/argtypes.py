@@ -47,6 +47,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0 (learning rates, where 0 turns the learning off)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number >= 0")
+    return value
+
+
 def unit_float(text: str) -> float:
     """A number in [0, 1] (SmoothQuant's alpha)."""
     value = _float(text)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from vitq.cli.argtypes import unit_float
+from vitq.cli.argtypes import nonnegative_float, unit_float
 from vitq.errors import ConfigError
 from vitq.recipes import WEIGHT_ROUNDINGS
 from vitq.recipes.base import CONFIG_ROTATIONS
@@ -38,6 +38,15 @@ def add_extended_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recon-iters", type=int, default=None, metavar="N",
                    help="learn each block's weight rounding and activation intervals for N Adam steps after "
                         "its search; 0 turns a recipe's reconstruction off (default: the method's)")
+    g.add_argument("--recon-lr-scale", type=nonnegative_float, default=None, metavar="LR",
+                   help="learning rate of the activation intervals, relative to each interval (0 keeps the "
+                        "searched ones; default: the method's, 1e-3)")
+    g.add_argument("--recon-lr-weight-scale", type=nonnegative_float, default=None, metavar="LR",
+                   help="also learn a factor on each weight interval (per output channel) at this learning "
+                        "rate (default: the method's, 0: the searched intervals stay)")
+    g.add_argument("--recon-drop-prob", type=unit_float, default=None, metavar="P",
+                   help="QDrop: feed each input element in float with probability P (0: BRECQ; default: the "
+                        "method's, 0.5)")
     g.add_argument("--search-images", type=int, default=None, metavar="N",
                    help="the interval search sees only the first N calibration images (reconstruction sees "
                         "all; default: all)")
@@ -53,7 +62,8 @@ def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
                                                   "optm_softmax", "fully_quantized", "weight_rounding",
-                                                  "rotation", "recon_iters", "search_images")}
+                                                  "rotation", "recon_iters", "recon_lr_scale",
+                                                  "recon_lr_weight_scale", "recon_drop_prob", "search_images")}
 
 
 def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:

@@ -67,6 +67,8 @@ def check_weight_rounding(value: str, what: str = "weight_rounding") -> str:
 ROTATIONS = (None, "hadamard", "hadamard-online")
 #: what a config or ``--rotation`` may say: ``none`` turns a recipe's rotation off
 CONFIG_ROTATIONS = ("none",) + tuple(r for r in ROTATIONS if r is not None)
+#: the :class:`Reconstruction` settings a config may override, as ``recon_<name>`` fields (``--recon-<name>``)
+RECON_SETTINGS = ("lr_scale", "lr_weight_scale", "drop_prob")
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,14 @@ class Recipe:
         recon = self.reconstruction
         if config.recon_iters is not None:
             recon = None if config.recon_iters == 0 else replace(recon or Reconstruction(), iters=config.recon_iters)
+        settings = {k: float(getattr(config, f"recon_{k}")) for k in RECON_SETTINGS
+                    if getattr(config, f"recon_{k}") is not None}
+        if settings and recon is None:  # would be silently ignored: no reconstruction to tune
+            raise ConfigError(f"{', '.join('recon_' + k for k in settings)} tune block reconstruction, which "
+                              f"method={self.name!r} does not run here: set recon_iters > 0 or use a method "
+                              "with reconstruction (liu2021-pc-recon, ...)")
+        if settings:
+            recon = replace(recon, **settings)
         head = self.quantize_head if config.quantize_head is None else config.quantize_head
         return replace(self, quantizers=q, transforms=transforms, search=search, per_channel_weights=per_channel,
                        weight_rounding=rounding, rotation=rotation, reconstruction=recon, quantize_head=head)
@@ -407,6 +417,9 @@ class Recipe:
             d["rotation"] = self.rotation or "none"
         if registered is not None and self.reconstruction != registered.reconstruction:
             d["recon_iters"] = 0 if self.reconstruction is None else self.reconstruction.iters
+            base = registered.reconstruction or Reconstruction()
+            d.update({f"recon_{k}": getattr(self.reconstruction, k) for k in RECON_SETTINGS
+                      if self.reconstruction is not None and getattr(self.reconstruction, k) != getattr(base, k)})
         if self.is_plain:
             return d
         if self.smoothing is not None:
