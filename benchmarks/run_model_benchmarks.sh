@@ -59,4 +59,6 @@ if [[ $which == detr || $which == all ]]; then
   # learning rate were worse)
   vitq "${T[@]}" bench --model detr-synth --methods liu2021-pc-asym --recon-iters 2000 --recon-lr-weight-scale 0.01 \
     --recon-drop-prob 0.75 --bits 6 --num-calib 256 --seeds 0 1 2
+  vitq "${T[@]}" bench --model detr-synth --methods liu2021-pc-asym --recon-iters 500 --recon-lr-weight-scale 0.01 \
+    --recon-drop-prob 0.75 --bits 6 4 --num-calib 256 --seeds 0 1 2
 fi
