@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vitq.recipes.base import RECON_SETTINGS
 from vitq.utils.atomic import atomic_write_text
 
 REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "top1_float", "size_mb",
@@ -18,8 +19,8 @@ REQUIRED = ("model", "method", "w_bits", "a_bits", "mixed_precision", "top1", "t
 REQUIRED_DETECTION = ("map", "map50", "map_float", "scope")
 KEY_FIELDS = ("model", "method", "w_bits", "a_bits", "mixed_precision", "num_calib", "num_test", "mp_method",
               "budget_mb", "fully_quantized", "search", "smoothing", "post_gelu", "post_softmax",
-              "weight_rounding", "rotation", "recon_iters", "recon_lr_scale", "recon_lr_weight_scale",
-              "recon_drop_prob", "task", "scope", "quantize_backbone")
+              "weight_rounding", "rotation", "recon_iters", *(f"recon_{k}" for k in RECON_SETTINGS), "task", "scope",
+              "quantize_backbone")
 
 
 def row_key(row: dict) -> tuple:

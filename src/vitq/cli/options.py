@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from vitq.cli.argtypes import nonnegative_float, unit_float
 from vitq.errors import ConfigError
 from vitq.recipes import WEIGHT_ROUNDINGS
-from vitq.recipes.base import CONFIG_ROTATIONS
+from vitq.recipes.base import CONFIG_ROTATIONS, RECON_SETTINGS
 
 
 def add_extended_args(p: argparse.ArgumentParser) -> None:
@@ -62,8 +62,8 @@ def extended_config_fields(args: argparse.Namespace) -> dict:
     """The QuantConfig fields given by these flags (``None`` where not given)."""
     return {k: getattr(args, k, None) for k in ("sqb", "sqb_shift", "smoothquant_alpha", "sqb_proj", "optm",
                                                   "optm_softmax", "fully_quantized", "weight_rounding",
-                                                  "rotation", "recon_iters", "recon_lr_scale",
-                                                  "recon_lr_weight_scale", "recon_drop_prob", "search_images")}
+                                                  "rotation", "recon_iters",
+                                                  *(f"recon_{k}" for k in RECON_SETTINGS), "search_images")}
 
 
 def check_sqb_shift(args: argparse.Namespace, methods: Iterable[str], sqb: bool | None = None) -> None:

@@ -417,9 +417,10 @@ class Recipe:
             d["rotation"] = self.rotation or "none"
         if registered is not None and self.reconstruction != registered.reconstruction:
             d["recon_iters"] = 0 if self.reconstruction is None else self.reconstruction.iters
-            base = registered.reconstruction or Reconstruction()
-            d.update({f"recon_{k}": getattr(self.reconstruction, k) for k in RECON_SETTINGS
-                      if self.reconstruction is not None and getattr(self.reconstruction, k) != getattr(base, k)})
+            if self.reconstruction is not None:
+                base = registered.reconstruction or Reconstruction()
+                d.update({f"recon_{k}": getattr(self.reconstruction, k) for k in RECON_SETTINGS
+                          if getattr(self.reconstruction, k) != getattr(base, k)})
         if self.is_plain:
             return d
         if self.smoothing is not None:
